@@ -1,0 +1,5 @@
+"""``python -m fastgrad`` runs the command line."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Analysis: numerical derivatives, their estimated errors, and the verdict rule.
+
+Every formula is a small function.  Notation: a_+ > 0 and a_- < 0 are the
+offsets actually taken from θ_i (``(θ_i ± h_i) ∓ θ_i`` in floating point), f_± the
+loss there, σ the noise (rounding-error level) of one loss evaluation, in the
+loss's units.
+
+The rule.  A coordinate *disagrees* when
+
+    |D_i − g_i| > z · r_i + t_i
+
+where D_i is the numerical derivative, g_i the analytic one, r_i the standard
+deviation of D_i's rounding error, t_i an estimate of its truncation error, and
+z a multiplier that keeps the chance of a false alarm over all k checked
+coordinates below 1e-6 (:func:`noise_multiplier`).  The gradient fails when any
+coordinate disagrees.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Chance of at least one false alarm over a whole check, for Gaussian rounding noise.
+FALSE_ALARM = 1e-6
+#: Moré & Wild's noise estimate is good to about a factor of 2; the multiplier pays for it.
+NOISE_ESTIMATE_FACTOR = 2.0
+#: The seed's bands for its relative error.
+CORRECT_BELOW = 1e-7
+WRONG_ABOVE = 1e-3
+
+
+def central_difference(f_plus, f_minus, offset_plus, offset_minus):
+    """D = (f_+ − f_-) / (a_+ − a_-), the central difference on the steps actually taken."""
+    return (f_plus - f_minus) / (offset_plus - offset_minus)
+
+
+def rounding_std(sigma, offset_plus, offset_minus):
+    """r = √2·σ / (a_+ − a_-): the standard deviation of D's rounding error.
+
+    f_+ and f_- each carry independent noise of standard deviation σ.
+    """
+    return math.sqrt(2.0) * sigma / (offset_plus - offset_minus)
+
+
+def richardson(d_step, d_double):
+    """R = (4·D(h) − D(2h)) / 3: cancels the h² term; the 4-point stencil, O(h⁴)."""
+    return (4.0 * d_step - d_double) / 3.0
+
+
+def richardson_rounding_std(r_step, r_double):
+    """Standard deviation of R's rounding error: √((4/3)²·r(h)² + (1/3)²·r(2h)²)."""
+    return np.hypot(4.0 / 3.0 * r_step, r_double / 3.0)
+
+
+def noise_multiplier(count: int, false_alarm: float = FALSE_ALARM) -> float:
+    """z with count · P(|N(0,1)| > z/F) ≤ false_alarm, F = NOISE_ESTIMATE_FACTOR.
+
+    The Gaussian tail P(|N| > x) ≤ exp(−x²/2) and a union bound over ``count``
+    coordinates give x = √(2·ln(count/false_alarm)); z = F·x allows σ to be
+    underestimated by up to F.  For count = 10⁵, z ≈ 14.
+    """
+    return NOISE_ESTIMATE_FACTOR * math.sqrt(2.0 * math.log(max(count, 1) / false_alarm))
+
+
+def evaluation_noise(sigma: float, f_plus, f_minus, dtype) -> np.ndarray:
+    """σ_i = max(σ, u·max(|f_+|, |f_-|)): no computed value is better than correctly rounded."""
+    unit_roundoff = float(np.finfo(dtype).eps)
+    return np.maximum(sigma, unit_roundoff * np.maximum(np.abs(f_plus), np.abs(f_minus)))
+
+
+def disagreement(numerical, analytic, error):
+    """score = |D − g| / (z·r + t): above 1 the coordinate disagrees."""
+    tiny = np.finfo(np.float64).tiny
+    return np.abs(numerical - analytic) / np.maximum(error, tiny)
+
+
+def relative_error(numerical, analytic) -> float:
+    """The seed's ‖D − g‖₂ / (‖D‖₂ + ‖g‖₂); 0 when both vanish."""
+    denominator = np.linalg.norm(numerical) + np.linalg.norm(analytic)
+    if denominator == 0.0:
+        return 0.0
+    return float(np.linalg.norm(numerical - analytic) / denominator)
+
+
+def seed_band(value: float) -> str:
+    """The seed's reading of its relative error."""
+    if value <= CORRECT_BELOW:
+        return "correct"
+    if value > WRONG_ABOVE:
+        return "wrong"
+    return "look closer"

@@ -1,0 +1,126 @@
+"""Engines: evaluate the loss at perturbed copies of θ, fast and safely.
+
+:func:`make_engine` chooses the evaluator (compiled for a Numba dispatcher,
+Python otherwise); :class:`Engine` validates single evaluations, runs batches
+of perturbations on the thread executor, counts evaluations, and turns a loss
+failure into a :class:`~fastgrad.errors.LossError` that names the coordinate and
+the step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from numba.core.errors import NumbaError
+
+from ..errors import InputError, LossError
+from ..parameters import ParameterLayout
+from .base import Evaluator, Workspace
+from .compiled import CompiledEvaluator, available_cores, is_compiled
+from .python import PythonEvaluator
+from .threads import chunk_size, run_chunks
+
+__all__ = ["Engine", "Evaluator", "Workspace", "make_engine", "available_cores", "ENGINES"]
+
+ENGINES = ("auto", "numba", "python")
+
+
+def make_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
+                engine: str = "auto", workers: int | None = None) -> Engine:
+    """The engine for ``loss``: compiled for a Numba dispatcher, Python otherwise."""
+    if not callable(loss):
+        raise InputError(f"loss must be callable, got {type(loss).__name__}")
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "numba" and not is_compiled(loss):
+        raise InputError("engine='numba' needs a Numba-compiled loss (an @njit function)")
+    if engine in ("auto", "numba") and is_compiled(loss):
+        evaluator: Evaluator = CompiledEvaluator(loss, theta, args, layout)
+    else:
+        evaluator = PythonEvaluator(loss, theta, args, layout)
+    if workers is None:
+        workers = evaluator.default_workers
+    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    return Engine(evaluator, layout, int(workers))
+
+
+class Engine:
+    """Runs an evaluator; counts evaluations and times them."""
+
+    def __init__(self, evaluator: Evaluator, layout: ParameterLayout, workers: int):
+        self.evaluator = evaluator
+        self.layout = layout
+        self.workers = workers
+        self.evaluations = 0
+        self.seconds_per_evaluation = 1e-3  # refined by every call to at()
+        self.progress: Callable[[int], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.evaluator.name
+
+    def at(self, point: np.ndarray, where: str = "at theta") -> float:
+        """f(point) as a float; the loss must return a finite real scalar."""
+        started = time.perf_counter()
+        try:
+            value = self.evaluator.at(point)
+        except NumbaError as error:
+            raise InputError(f"the compiled loss cannot be called with these arguments: {error}"
+                             ) from error
+        except Exception as error:
+            raise LossError(f"the loss raised {type(error).__name__} {where}: {error}") from error
+        self.seconds_per_evaluation = time.perf_counter() - started
+        self.evaluations += 1
+        return _as_scalar(value, where)
+
+    def perturbed(self, coords: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """out[j, q] = f(θ with θ[coords[j]] = values[j, q]), all finite, as float64."""
+        rows, points = values.shape
+        if rows == 0:
+            return np.empty(values.shape)
+        workers = max(1, min(self.workers, rows))
+        size = chunk_size(rows, points, workers, self.seconds_per_evaluation)
+        started = time.perf_counter()
+        try:
+            out, failure = run_chunks(self.evaluator, coords, values, workers=workers,
+                                      rows_per_chunk=size, progress=self.progress)
+        except NumbaError as error:
+            raise InputError(f"the compiled loss cannot be used in the kernel: {error}") from error
+        done = int(np.isfinite(out).sum())
+        self.evaluations += done
+        if done:
+            self.seconds_per_evaluation = (time.perf_counter() - started) * workers / done
+        if failure is not None:
+            self._raise(failure, coords, values)
+        return out
+
+    def _raise(self, failure, coords, values) -> None:
+        row = failure.row
+        coordinate = self.layout.label(int(coords[row]))
+        point = failure.point
+        step = float(values[row, point]) - float(self.evaluator.theta[coords[row]])
+        where = f"at coordinate {coordinate} with step {step:+.3e}"
+        if failure.error is None:
+            raise LossError(f"the loss returned a non-finite value {where}",
+                            coordinate=coordinate, step=step)
+        error = failure.error
+        raise LossError(f"the loss raised {type(error).__name__} {where}: {error}",
+                        coordinate=coordinate, step=step) from error
+
+
+def _as_scalar(value, where: str) -> float:
+    if np.ndim(value) != 0:
+        raise LossError(f"the loss must return a scalar; it returned shape {np.shape(value)} {where}")
+    if np.iscomplexobj(value):
+        raise LossError(f"the loss returned a complex value {where}")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise LossError(f"the loss must return a real scalar, got {type(value).__name__} {where}"
+                        ) from None
+    if not np.isfinite(result):
+        raise LossError(f"the loss is {result} {where}")
+    return result

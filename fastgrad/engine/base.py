@@ -1,0 +1,58 @@
+"""The interface between the check and whatever evaluates the loss.
+
+An :class:`Evaluator` knows how to evaluate the loss at θ with one coordinate
+replaced, over a chunk of (coordinate, values) rows, inside a private
+:class:`Workspace` (a copy of θ that it perturbs in place and restores).  An
+executor (see :mod:`fastgrad.engine.threads`) hands chunks to workspaces; a
+process pool or a dask cluster can serve the same interface later, because a
+chunk is self-contained: ``coords[start:stop]`` and ``values[start:stop]`` in,
+``out[start:stop]`` back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Workspace:
+    """One worker's private state: a flat copy of θ and the row being evaluated."""
+
+    def __init__(self, theta: np.ndarray, view):
+        self.flat = theta.copy()
+        self.view = view(self.flat)  # what the loss receives: shares memory with flat
+        self.cursor = np.zeros(2, dtype=np.int64)  # (row, point) of the evaluation in progress
+
+
+class Evaluator(ABC):
+    """Evaluates ``f(θ with θ[coords[j]] = values[j, q])`` into ``out[j, q]``."""
+
+    #: Short name shown in the report ("numba", "python").
+    name: str = ""
+
+    def __init__(self, loss, theta: np.ndarray, args: tuple):
+        self.loss = loss
+        self.theta = theta
+        self.args = args
+
+    @property
+    @abstractmethod
+    def default_workers(self) -> int:
+        """How many workers to use when the user does not say."""
+
+    @abstractmethod
+    def view(self, flat: np.ndarray):
+        """What the loss receives for the flat vector ``flat`` (sharing its memory)."""
+
+    def workspace(self) -> Workspace:
+        return Workspace(self.theta, self.view)
+
+    def at(self, point: np.ndarray):
+        """The raw return value of the loss at the flat ``point`` (evaluated on a copy)."""
+        return self.loss(self.view(np.array(point, dtype=self.theta.dtype)), *self.args)
+
+    @abstractmethod
+    def evaluate_chunk(self, workspace: Workspace, coords: np.ndarray, values: np.ndarray,
+                       out: np.ndarray, start: int, stop: int) -> None:
+        """Fill ``out[start:stop]``; on return ``workspace.flat`` equals θ again."""

@@ -1,0 +1,97 @@
+"""Keep BLAS single-threaded while fastgrad's own worker threads run.
+
+One worker per core already fills the machine.  A loss doing matrix products (``@``,
+``np.dot`` in ``@njit`` code call SciPy's OpenBLAS) would also fan each one out to
+all cores from every worker, and the check would get slower, not faster.  Uses
+threadpoolctl if installed, else ctypes for the OpenBLAS builds loaded on Linux
+(numpy's and scipy's wheels bundle them), else nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+from collections.abc import Iterator
+
+#: Use threadpoolctl when importable.  Set to False to force the fallback (tests do).
+USE_THREADPOOLCTL = True
+
+# Exported names are {prefix}openblas_{get,set}_num_threads{suffix}: plain builds
+# have no affixes; scipy-openblas wheels add "scipy_" and, with 64-bit ints, "64_".
+_AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+# path -> (get, set) or None: safe to keep, a loaded library keeps its symbols.  The
+# list of loaded libraries is not (Numba loads scipy's OpenBLAS when it first
+# compiles a matrix product), so /proc/self/maps is re-read on each use (~0.5 ms).
+_controls: dict[str, tuple | None] = {}
+
+
+@functools.cache
+def _threadpoolctl():
+    try:
+        import threadpoolctl  # on first use only: the import takes ~20 ms
+        return threadpoolctl
+    except ImportError:
+        return None
+
+
+def _loaded_openblas() -> list[tuple[str, tuple]]:
+    """(path, (get, set)) for each OpenBLAS mapped into this process; [] off Linux."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:  # "addr perms offset dev inode path"
+            fields = [line.split(maxsplit=5) for line in maps.read().splitlines()
+                      if b"openblas" in line]
+    except OSError:
+        return []
+    paths = sorted({os.fsdecode(f[5]) for f in fields if len(f) == 6})
+    for path in paths:
+        if path not in _controls and "openblas" in os.path.basename(path):
+            _controls[path] = _symbols(path)
+    return [(path, _controls[path]) for path in paths if _controls.get(path)]
+
+
+def _symbols(path: str) -> tuple | None:
+    try:  # RTLD_NOLOAD: the copy already loaded, or nothing
+        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
+        return None
+    for prefix, suffix in _AFFIXES:
+        get, set_ = (getattr(library, f"{prefix}openblas_{op}_num_threads{suffix}", None)
+                     for op in ("get", "set"))
+        if get is not None and set_ is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            set_.restype, set_.argtypes = None, [ctypes.c_int]
+            return get, set_
+    return None
+
+
+@contextlib.contextmanager
+def limit_blas_threads(limit: int = 1) -> Iterator[None]:
+    """Limit every loaded BLAS pool to ``limit`` threads; restore them on exit, even on error.
+
+    Nests.  Uses overlapping in different threads each restore what they saw on entry."""
+    tpc = _threadpoolctl() if USE_THREADPOOLCTL else None
+    if tpc is not None:
+        with tpc.threadpool_limits(limits=limit, user_api="blas"):
+            yield
+        return
+    previous = [(set_, get()) for _, (get, set_) in _loaded_openblas()]
+    try:
+        for set_, _ in previous:
+            set_(limit)
+        yield
+    finally:
+        for set_, threads in previous:
+            set_(threads)
+
+
+def blas_thread_info() -> list[dict]:
+    """One dict per loaded BLAS library: ``filepath``, ``name``, ``num_threads``, ``via``."""
+    tpc = _threadpoolctl() if USE_THREADPOOLCTL else None
+    found = ([(i["filepath"], i["num_threads"]) for i in tpc.threadpool_info()
+              if i["user_api"] == "blas"] if tpc is not None
+             else [(path, get()) for path, (get, _) in _loaded_openblas()])
+    via = "threadpoolctl" if tpc is not None else "ctypes"
+    return [{"filepath": p, "name": os.path.basename(p), "num_threads": n, "via": via}
+            for p, n in found]

@@ -1,0 +1,76 @@
+"""The compiled engine: a Numba chunk kernel that calls a Numba-compiled loss.
+
+The kernel is serial and releases the GIL (``nogil=True``); the thread executor
+runs one per core, each on its own copy of θ.  Numba compiles it once per loss
+and argument types in a process (a kernel that takes a function argument cannot
+be cached on disk), and the loss's own ``cache=True`` still applies.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+
+from ..parameters import ParameterLayout
+from .base import Evaluator, Workspace
+
+
+def is_compiled(loss) -> bool:
+    """True for a Numba ``@njit`` dispatcher."""
+    return isinstance(loss, Dispatcher)
+
+
+@numba.njit(nogil=True)
+def evaluate_chunk_kernel(loss, flat, shape, coords, values, out, start, stop, cursor, args):
+    """out[j, q] = loss(θ with θ[coords[j]] = values[j, q]) for start <= j < stop.
+
+    ``flat`` is the worker's copy of θ, perturbed in place and restored; the loss
+    sees it reshaped to ``shape``.  ``cursor`` holds the (row, point) in progress so that
+    an exception can be traced to its coordinate.
+    """
+    view = flat.reshape(shape)
+    for j in range(start, stop):
+        cursor[0] = j
+        i = coords[j]
+        saved = flat[i]
+        for q in range(values.shape[1]):
+            cursor[1] = q
+            flat[i] = values[j, q]
+            out[j, q] = loss(view, *args)
+        flat[i] = saved
+
+
+class CompiledEvaluator(Evaluator):
+    """Evaluates a Numba loss ``loss(theta, *args)`` through :func:`evaluate_chunk_kernel`.
+
+    The loss receives theta's own shape for an array theta, and the flat vector for
+    a dict theta.
+    """
+
+    name = "numba"
+
+    def __init__(self, loss, theta: np.ndarray, args: tuple, layout: ParameterLayout):
+        super().__init__(loss, theta, args)
+        self.shape = layout.array_shape
+
+    @property
+    def default_workers(self) -> int:
+        return available_cores()
+
+    def view(self, flat: np.ndarray):
+        return flat.reshape(self.shape)
+
+    def evaluate_chunk(self, workspace: Workspace, coords, values, out, start, stop) -> None:
+        evaluate_chunk_kernel(self.loss, workspace.flat, self.shape, coords, values, out,
+                              start, stop, workspace.cursor, self.args)
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

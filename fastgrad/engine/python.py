@@ -1,0 +1,44 @@
+"""The plain-Python engine: any callable, perturbed in place from a Python loop."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..parameters import ParameterLayout
+from .base import Evaluator, Workspace
+
+
+class PythonEvaluator(Evaluator):
+    """Calls ``loss(view, *args)``, where ``view`` is theta's structure over the workspace.
+
+    A dict theta gives a dict of views; perturbing ``flat[i]`` is seen by the loss
+    through them, so no coordinate ever costs a copy of θ.
+    """
+
+    name = "python"
+
+    def __init__(self, loss, theta: np.ndarray, args: tuple, layout: ParameterLayout):
+        super().__init__(loss, theta, args)
+        self.layout = layout
+
+    @property
+    def default_workers(self) -> int:
+        return 1  # a Python loss holds the GIL and may not be thread-safe
+
+    def view(self, flat: np.ndarray):
+        return self.layout.structured(flat)
+
+    def evaluate_chunk(self, workspace: Workspace, coords, values, out, start, stop) -> None:
+        loss, args, flat, view = self.loss, self.args, workspace.flat, workspace.view
+        cursor = workspace.cursor
+        for j in range(start, stop):
+            cursor[0] = j
+            i = coords[j]
+            saved = flat[i]
+            try:
+                for q in range(values.shape[1]):
+                    cursor[1] = q
+                    flat[i] = values[j, q]
+                    out[j, q] = loss(view, *args)
+            finally:
+                flat[i] = saved

@@ -1,0 +1,20 @@
+"""Exceptions raised by fastgrad."""
+
+from __future__ import annotations
+
+
+class GradientCheckError(Exception):
+    """Base class of fastgrad's own errors."""
+
+
+class InputError(GradientCheckError, ValueError):
+    """theta, grad, args or an option is not usable; raised before any loss evaluation."""
+
+
+class LossError(GradientCheckError, RuntimeError):
+    """The loss raised, or returned a non-finite or non-scalar value, during a check."""
+
+    def __init__(self, message: str, *, coordinate: str | None = None, step: float | None = None):
+        super().__init__(message)
+        self.coordinate = coordinate
+        self.step = step

@@ -1,0 +1,268 @@
+"""The computational noise of a loss: Moré & Wild's ECnoise.
+
+J. J. Moré and S. M. Wild, "Estimating computational noise", SIAM J. Sci.
+Comput. 33(3):1292–1314, 2011.
+
+A computed loss is f(x) = f_s(x) + ε(x): a smooth part plus rounding error ε
+that, sampled at nearby points, behaves like independent noise of standard
+deviation σ (the *noise level*, in the loss's units).  Along a direction p,
+with equally spaced values f_j = f(x + (j − m)·δ·p), j = 0..nf−1, m = ⌊nf/2⌋,
+the k-th forward difference of the noise has variance σ²·C(2k, k), while the
+smooth part's is O(δ^k).  Once δ^k is small, every order k estimates σ:
+
+    σ_k = √(γ_k · mean_i (Δ^k f_i)²),   γ_k = (k!)² / (2k)! = 1 / C(2k, k).
+
+The central difference's rounding error is about σ/h, so the derivative checks
+in :mod:`.analysis` use σ rather than u·|f|, which for a loss summed over many
+samples is far too small.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError, LossError
+
+#: ECnoise's return codes (its ``inform``).
+NOISE_DETECTED = 1
+STEP_TOO_SMALL = 2
+STEP_TOO_LARGE = 3
+
+#: Values in the stencil: 9 gives orders k = 1..6 a chance to start the three-level
+#: agreement test, each level averaged over ≥ 3 differences (7 points give k ≤ 4),
+#: for 8 extra loss evaluations per try, nothing next to a check's 2n.
+DEFAULT_POINTS = 9
+#: ECnoise gives up when the values spread by more than this fraction of the largest.
+MAX_SPREAD = 0.1
+#: Three consecutive levels agree when the largest is at most this times the smallest.
+AGREEMENT = 4.0
+#: The step is multiplied (code 2) or divided (code 3) by this between tries.
+STEP_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The noise level of f at x.
+
+    sigma : absolute noise level σ of one evaluation of f (units of f), at least u·|f0|.
+    f0 : f(x).
+    evaluations : calls of f made by the estimate.
+    code : ECnoise's code of the last try (1 detected, 2 step too small, 3 step too large).
+    detected : whether ECnoise detected the noise (code 1); if not, sigma is a fallback.
+    step : relative step δ of the last try (the points are x + j·δ·p, see :func:`estimate_noise`).
+    """
+
+    sigma: float
+    f0: float
+    evaluations: int
+    code: int
+    detected: bool
+    step: float
+
+
+def noise_levels(fvals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """σ_k = √(γ_k · mean((Δ^k f)²)), γ_k = 1/C(2k, k), and whether Δ^k f changes sign.
+
+    Returns two arrays of length nf − 1, entry k − 1 for order k = 1..nf−1:
+    the levels σ_k (units of f) and ``min(Δ^k f) · max(Δ^k f) < 0``.
+    """
+    count = fvals.size - 1
+    levels = np.empty(count)
+    changes_sign = np.empty(count, dtype=bool)
+    differences = np.asarray(fvals, dtype=np.float64)
+    for order in range(1, count + 1):
+        differences = np.diff(differences)
+        gamma = 1.0 / math.comb(2 * order, order)
+        levels[order - 1] = math.sqrt(gamma * np.mean(differences**2))
+        changes_sign[order - 1] = differences.min() * differences.max() < 0.0
+    return levels, changes_sign
+
+
+def ecnoise(fvals) -> tuple[float, int]:
+    """Moré & Wild's ECnoise: (σ, code) from nf ≥ 4 equally spaced values of f.
+
+    ``fvals[j] = f(x + (j − ⌊nf/2⌋)·δ·p)``.  In the order of the original:
+
+    * code 3, σ = 0: a value is not finite, or the spread
+      (max f − min f) / max(|max f|, |min f|) exceeds 0.1 — δ is too large;
+    * code 2, σ = 0: at least half of the nf − 1 first differences are exactly 0
+      (so also when all values are equal) — δ is too small to see the noise;
+    * code 1, σ = σ_k for the first k ≤ nf − 3 with max(σ_k, σ_k+1, σ_k+2) ≤
+      4·min(σ_k, σ_k+1, σ_k+2) and Δ^k f changing sign (:func:`noise_levels`);
+    * code 3, σ = 0 when no order qualifies: the smooth part still shows, δ is too large.
+
+    σ is 0 unless the code is 1; :func:`estimate_noise` builds its fallback from
+    :func:`noise_levels` instead.
+    """
+    fvals = np.asarray(fvals, dtype=np.float64)
+    if fvals.ndim != 1 or fvals.size < 4:
+        raise InputError(f"ecnoise needs a 1-D array of at least 4 values, got shape {fvals.shape}")
+    if not np.all(np.isfinite(fvals)):
+        return 0.0, STEP_TOO_LARGE
+    largest, smallest = fvals.max(), fvals.min()
+    if largest - smallest > MAX_SPREAD * max(abs(largest), abs(smallest)):
+        return 0.0, STEP_TOO_LARGE
+    if 2 * np.count_nonzero(np.diff(fvals) == 0.0) >= fvals.size:
+        return 0.0, STEP_TOO_SMALL
+    levels, changes_sign = noise_levels(fvals)
+    windows = np.lib.stride_tricks.sliding_window_view(levels, 3)
+    qualifies = (windows.max(axis=1) <= AGREEMENT * windows.min(axis=1)) & changes_sign[:-2]
+    if not qualifies.any():
+        return 0.0, STEP_TOO_LARGE
+    return float(levels[np.argmax(qualifies)]), NOISE_DETECTED
+
+
+def noise_bound(fvals: np.ndarray) -> float:
+    """min(σ_1, …, σ_{nf−3}): the fallback noise level when ECnoise detects none.
+
+    γ_k·E[(Δ^k f)²] = σ² + γ_k·(Δ^k f_s)², so every level is, in expectation, at
+    least σ, and the smallest one is the tightest such bound.  Only levels that
+    average at least 3 differences count, so that one lucky small difference
+    cannot pull the bound far below σ.  0 when a value is not finite.
+    """
+    if not np.all(np.isfinite(fvals)):
+        return 0.0
+    levels, _ = noise_levels(fvals)
+    return float(levels[: fvals.size - 3].min())
+
+
+def default_step(dtype) -> float:
+    """δ = √u for the working dtype: 1.5e-8 in float64, 3.5e-4 in float32.
+
+    On a function that varies on a scale L (relative to max(1, |x_i|)), the
+    smooth part of Δ^k f is about (δ/L)^k·|f|: with δ = √u it is at most
+    u^{3/2}·|f| for k ≥ 3 when L ≳ 1, below the smallest possible noise u·|f|,
+    so σ_3, σ_4, σ_5 measure noise alone; and L may be ~100 times smaller
+    before that fails (then a code 3 divides δ by 100).  The first difference,
+    δ·|p·∇f| ≈ √u·|f|, stays far above one unit in the last place of f, so
+    code 2 (too small) needs a loss flat to about √u relative.
+    """
+    return math.sqrt(float(np.finfo(dtype).eps))
+
+
+def random_direction(x: np.ndarray, rng: np.random.Generator,
+                     direction: np.ndarray | None = None) -> np.ndarray:
+    """p_i = g_i / ‖g‖₂ · max(1, |x_i|), g Gaussian (or the given direction).
+
+    The scaling makes a step δ relative to x's magnitude, coordinate by coordinate,
+    like the checker's own steps h_i = h0·max(1, |θ_i|).
+    """
+    if direction is None:
+        g = rng.standard_normal(x.size)
+    else:
+        g = np.array(direction, dtype=np.float64)
+        if g.shape != x.shape or not np.all(np.isfinite(g)) or not np.any(g):
+            raise InputError(f"direction must be a finite, nonzero array of shape {x.shape}")
+    return g / np.linalg.norm(g) * np.maximum(1.0, np.abs(x))
+
+
+def stencil_values(f: Callable, x: np.ndarray, p: np.ndarray, step: float, f0: float,
+                   count: int, dtype) -> np.ndarray:
+    """f_j = f(x + (j − ⌊count/2⌋)·step·p), j = 0..count−1, with f_{⌊count/2⌋} = f0 reused.
+
+    Each point is formed in float64 and rounded once to ``dtype``, a fresh array
+    for every call.  Makes count − 1 calls of f.
+    """
+    center = count // 2
+    return np.array([
+        f0 if j == center else float(f((x + ((j - center) * step) * p).astype(dtype)))
+        for j in range(count)
+    ])
+
+
+def next_step(step: float, factor: float, code: int, previous_code: int | None
+              ) -> tuple[float, float]:
+    """(δ·F, F) after code 2, (δ/F, F) after code 3; F → √F first when the code flipped.
+
+    Moré & Wild move δ by F = 100; square-rooting F when a too-small step is
+    followed by a too-large one (or back) bisects log δ instead of revisiting a step.
+    """
+    if previous_code is not None and previous_code != code:
+        factor = math.sqrt(factor)
+    return (step * factor if code == STEP_TOO_SMALL else step / factor), factor
+
+
+def working_dtype(x: np.ndarray) -> np.dtype:
+    """float32 for float32 x, float64 for anything else."""
+    return np.dtype(np.float32) if x.dtype == np.float32 else np.dtype(np.float64)
+
+
+def estimate_noise(f: Callable, x, *, direction=None, rng=None, nf: int = DEFAULT_POINTS,
+                   step: float | None = None, max_tries: int = 4) -> NoiseEstimate:
+    """The noise level σ of f at x, by ECnoise along one direction, adapting the step.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(point) -> float`` (a Python float, NumPy scalar or 0-d array); ``point``
+        is a fresh 1-D array of x's working dtype (float32 for float32 x, else
+        float64).  x itself is never passed nor modified.
+    x : 1-D array
+        The point.
+    direction : array, optional
+        Direction g before normalisation and scaling (default Gaussian from ``rng``);
+        the points are x + (j − ⌊nf/2⌋)·δ·p with p_i = g_i/‖g‖₂·max(1, |x_i|).
+    rng : numpy Generator or seed, optional
+        Draws g; pass a seeded one for a reproducible estimate.
+    nf : int
+        Values per try (≥ 4); the default 9 is explained at :data:`DEFAULT_POINTS`.
+        The centre value f(x) is computed once: a try costs nf − 1 calls.
+    step : float, optional
+        Initial relative step δ (default √u, :func:`default_step`).
+    max_tries : int
+        ECnoise is repeated with δ·100 after code 2 and δ/100 after code 3; when the
+        code flips between 2 and 3 the factor is square-rooted (100 → 10 → √10), so
+        that no step is tried twice.
+
+    Returns
+    -------
+    NoiseEstimate
+        When detected, σ = max(σ_k, u·|f0|).  Otherwise σ = max(B, u·|f0|) with B the
+        smallest :func:`noise_bound` of the tries that ended with code 3 (0 if none,
+        e.g. for a constant f): an estimate that errs large, by the smooth part of f.
+        Erring large makes the checker's tolerance looser, so a wrong gradient may
+        be reported later (only when its error is near the noise-induced one),
+        while erring small, e.g. falling back to u·|f0| for a loss summed over
+        1e5 terms whose noise is ~100·u·|f0|, would report correct gradients as
+        wrong.  The checker also warns whenever the noise was not detected.
+    """
+    x = np.asarray(x)
+    if x.ndim != 1 or x.size == 0:
+        raise InputError(f"x must be a nonempty 1-D array, got shape {x.shape}")
+    if nf < 4 or max_tries < 1:
+        raise InputError(f"need nf >= 4 and max_tries >= 1, got nf={nf}, max_tries={max_tries}")
+    dtype = working_dtype(x)
+    base = x.astype(np.float64)
+    if not np.all(np.isfinite(base)):
+        raise InputError("x must be finite")
+    step = default_step(dtype) if step is None else float(step)
+    if not (math.isfinite(step) and step > 0.0):
+        raise InputError(f"step must be positive and finite, got {step}")
+    p = random_direction(base, np.random.default_rng(rng), direction)
+
+    f0 = float(f(x.astype(dtype)))
+    if not math.isfinite(f0):
+        raise LossError(f"f(x) = {f0} is not finite")
+    evaluations = 1
+    bounds = []
+    factor, code, previous_code = STEP_FACTOR, None, None
+    for _ in range(max_tries):
+        if code is not None:
+            step, factor = next_step(step, factor, code, previous_code)
+            previous_code = code
+        fvals = stencil_values(f, base, p, step, f0, nf, dtype)
+        evaluations += nf - 1
+        sigma, code = ecnoise(fvals)
+        if code == NOISE_DETECTED:
+            break
+        if code == STEP_TOO_LARGE:
+            bounds.append(noise_bound(fvals))
+    else:
+        sigma = min(bounds, default=0.0)
+    floor = float(np.finfo(dtype).eps) * abs(f0)
+    return NoiseEstimate(sigma=max(sigma, floor), f0=f0, evaluations=evaluations, code=code,
+                         detected=code == NOISE_DETECTED, step=step)

@@ -1,0 +1,173 @@
+"""Parameters: named groups of float arrays <-> one flat working vector.
+
+The seed's recipe ("reshape the weights and biases into a big vector theta")
+lives here.  A :class:`ParameterLayout` records, for each named group, its
+shape and its offset in the flat vector; it validates user input, flattens
+``theta`` and ``grad`` into fresh copies (the user's arrays are never written),
+builds the structured views a Python loss receives, and names flat coordinates
+as ``W2[3, 17]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+#: Name of the single group when ``theta`` is a bare array.
+ARRAY_GROUP = "theta"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One named parameter array, stored at ``flat[offset:offset + size]``."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.size
+
+
+def _as_float_array(value, what: str) -> np.ndarray:
+    """``value`` as a real floating array, or an InputError saying why not."""
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise InputError(f"{what} must be a numeric array, got an object array")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{what} is complex ({array.dtype}); fastgrad checks real gradients")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(
+            f"{what} has dtype {array.dtype}; it must be a floating array "
+            f"(an integer theta cannot be perturbed by a small step: use .astype(float))"
+        )
+    return array
+
+
+def _working_dtype(dtypes) -> np.dtype:
+    """float32 when every group is float32 (or narrower), else float64."""
+    if all(np.dtype(d).itemsize <= 4 for d in dtypes):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+class ParameterLayout:
+    """How a structured ``theta`` (array or dict of arrays) maps to a flat vector."""
+
+    def __init__(self, groups: tuple[Group, ...], is_dict: bool, dtype: np.dtype):
+        self.groups = groups
+        self.is_dict = is_dict
+        self.dtype = np.dtype(dtype)
+        self.size = groups[-1].stop
+        self._offsets = np.array([g.offset for g in groups], dtype=np.int64)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_theta(cls, theta) -> tuple[ParameterLayout, np.ndarray]:
+        """Validate ``theta`` and return its layout and a flat working copy."""
+        if isinstance(theta, Mapping):
+            if not theta:
+                raise InputError("theta is an empty dict: there is nothing to check")
+            items = []
+            for name, value in theta.items():
+                if not isinstance(name, str):
+                    raise InputError(f"theta's keys must be strings, got {name!r}")
+                items.append((name, _as_float_array(value, f"theta[{name!r}]")))
+            is_dict = True
+        else:
+            items = [(ARRAY_GROUP, _as_float_array(theta, "theta"))]
+            is_dict = False
+        groups, offset = [], 0
+        for name, array in items:
+            if array.size == 0:
+                what = f"theta[{name!r}]" if is_dict else "theta"
+                raise InputError(f"{what} is empty (shape {array.shape}): there is nothing to check")
+            groups.append(Group(name, tuple(array.shape), offset))
+            offset += array.size
+        layout = cls(tuple(groups), is_dict, _working_dtype(a.dtype for _, a in items))
+        flat = layout._concatenate([a for _, a in items])
+        layout.require_finite(flat, "theta")
+        return layout, flat
+
+    def flatten_like(self, value, what: str) -> np.ndarray:
+        """Flatten ``value`` (structured like theta) into a new float64 vector."""
+        if self.is_dict:
+            if not isinstance(value, Mapping):
+                raise InputError(f"{what} must be a dict with theta's keys, got {type(value).__name__}")
+            missing = [g.name for g in self.groups if g.name not in value]
+            extra = [k for k in value if k not in {g.name for g in self.groups}]
+            if missing or extra:
+                raise InputError(
+                    f"{what}'s keys do not match theta's: missing {missing}, unexpected {extra}"
+                )
+            arrays = [_as_real_array(value[g.name], f"{what}[{g.name!r}]") for g in self.groups]
+        else:
+            if isinstance(value, Mapping):
+                raise InputError(f"{what} is a dict but theta is an array")
+            arrays = [_as_real_array(value, what)]
+        for group, array in zip(self.groups, arrays):
+            if tuple(array.shape) != group.shape:
+                label = f"{what}[{group.name!r}]" if self.is_dict else what
+                raise InputError(f"{label} has shape {array.shape}, theta's is {group.shape}")
+        flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+        self.require_finite(flat, what)
+        return flat
+
+    def _concatenate(self, arrays) -> np.ndarray:
+        return np.concatenate([np.asarray(a).ravel() for a in arrays]).astype(self.dtype, copy=True)
+
+    def require_finite(self, flat: np.ndarray, what: str) -> None:
+        bad = np.flatnonzero(~np.isfinite(flat))
+        if bad.size:
+            first = int(bad[0])
+            raise InputError(
+                f"{what} has {bad.size} non-finite value(s); first: {self.label(first)} = {flat[first]}"
+            )
+
+    # ------------------------------------------------------------------ views
+    def structured(self, flat: np.ndarray):
+        """``flat`` in theta's structure: views (no copy) into ``flat``."""
+        if not self.is_dict:
+            return flat.reshape(self.groups[0].shape)
+        return {g.name: flat[g.offset : g.stop].reshape(g.shape) for g in self.groups}
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """Shape a compiled loss receives: theta's own shape, or flat for a dict."""
+        return (self.size,) if self.is_dict else self.groups[0].shape
+
+    # ------------------------------------------------------------------ naming
+    def group_index(self, flat_index) -> np.ndarray:
+        """Index into :attr:`groups` of each flat coordinate."""
+        return np.searchsorted(self._offsets, flat_index, side="right") - 1
+
+    def multi_index(self, flat_index: int) -> tuple[Group, tuple[int, ...]]:
+        group = self.groups[int(self.group_index(flat_index))]
+        local = int(flat_index) - group.offset
+        return group, tuple(int(k) for k in np.unravel_index(local, group.shape))
+
+    def label(self, flat_index: int) -> str:
+        """A coordinate's name: ``W2[3, 17]``, ``theta[5]``, or ``lr`` for a 0-d group."""
+        group, index = self.multi_index(flat_index)
+        if not index:
+            return group.name
+        return f"{group.name}[{', '.join(map(str, index))}]"
+
+
+def _as_real_array(value, what: str) -> np.ndarray:
+    """A gradient may be any real numeric array (ints allowed), but not complex or bool."""
+    array = np.asarray(value)
+    if array.dtype == object or array.dtype == bool:
+        raise InputError(f"{what} must be a numeric array, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{what} is complex ({array.dtype}); fastgrad checks real gradients")
+    return array

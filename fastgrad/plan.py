@@ -1,0 +1,89 @@
+"""Plans: which coordinates to perturb, by how much, at which points.
+
+A central difference at coordinate i evaluates the loss at θ with θ_i replaced
+by θ_i ± h_i.  The default step is
+
+    h_i = h0 · max(1, |θ_i|),     h0 = u^(1/3)
+
+with u the machine epsilon of the working dtype (≈ 6.06e-6 for float64): it
+balances the truncation error h²·|f'''|/6 against the rounding error ≈ u·|f|/h
+(Nocedal & Wright, *Numerical Optimization*, §8.1).  The step actually taken,
+``(θ_i + h_i) − θ_i``, can differ from h_i in its last bits; the quotient uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+#: Offsets of the central difference, in units of the step: θ_i + h and θ_i − h.
+CENTRAL = (1.0, -1.0)
+#: The same at twice the step, used to estimate the truncation error (Richardson).
+CENTRAL_DOUBLE = (2.0, -2.0)
+
+
+def default_relative_step(dtype) -> float:
+    """h0 = ∛u, the relative step that minimises the central difference's total error."""
+    return float(np.finfo(dtype).eps) ** (1.0 / 3.0)
+
+
+def nominal_steps(theta_at: np.ndarray, relative_step: float) -> np.ndarray:
+    """h_i = h0 · max(1, |θ_i|), in the units of θ_i."""
+    return relative_step * np.maximum(1.0, np.abs(theta_at.astype(np.float64)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Coordinates to check and their nominal steps (both of length k)."""
+
+    coords: np.ndarray  # int64, flat indices into theta
+    steps: np.ndarray  # float64, nominal h_i
+    relative_step: float
+
+    @classmethod
+    def full(cls, theta: np.ndarray, eps: float | None = None) -> Plan:
+        """Every coordinate of the flat vector ``theta``."""
+        return cls.for_coords(theta, np.arange(theta.size, dtype=np.int64), eps)
+
+    @classmethod
+    def for_coords(cls, theta: np.ndarray, coords, eps: float | None = None) -> Plan:
+        coords = np.asarray(coords, dtype=np.int64)
+        relative_step = default_relative_step(theta.dtype) if eps is None else _check_eps(eps)
+        return cls(coords, nominal_steps(theta[coords], relative_step), relative_step)
+
+    def __len__(self) -> int:
+        return self.coords.size
+
+    def subset(self, rows: np.ndarray) -> Plan:
+        return Plan(self.coords[rows], self.steps[rows], self.relative_step)
+
+    def points(self, theta: np.ndarray, offsets=CENTRAL) -> np.ndarray:
+        """values[j, q] = θ_{c_j} + offsets[q]·h_j, rounded to theta's dtype: shape (k, len(offsets))."""
+        base = theta[self.coords].astype(np.float64)
+        values = base[:, None] + np.multiply.outer(self.steps, np.asarray(offsets, dtype=np.float64))
+        values = values.astype(theta.dtype)
+        unchanged = values == theta[self.coords][:, None]
+        if unchanged.any():
+            j = int(np.argwhere(unchanged)[0, 0])
+            raise InputError(
+                f"step {self.steps[j]:.3g} is too small to change coordinate {int(self.coords[j])} "
+                f"(value {theta[self.coords[j]]!r}) in {theta.dtype}: use a larger eps"
+            )
+        return values
+
+    def taken(self, theta: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The steps actually taken, values − θ_c, as float64 (exact in binary floating point)."""
+        return values.astype(np.float64) - theta[self.coords].astype(np.float64)[:, None]
+
+
+def _check_eps(eps) -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise InputError(f"eps must be a positive number, got {eps!r}") from None
+    if not (np.isfinite(value) and 0.0 < value < 1.0):
+        raise InputError(f"eps must be a number in (0, 1), got {eps!r}")
+    return value

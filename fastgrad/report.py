@@ -1,0 +1,193 @@
+"""The report: what a check found, as text for people and a dict for programs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
+from .parameters import ParameterLayout
+
+#: How many of the worst coordinates a report lists.
+WORST_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class CoordinateResult:
+    """One checked coordinate: its name, both derivatives and the error allowed."""
+
+    label: str
+    group: str
+    index: tuple[int, ...]
+    analytic: float
+    numerical: float
+    difference: float  # numerical − analytic
+    error_estimate: float  # z·r + t, the largest |difference| a correct gradient should show
+    score: float  # |difference| / error_estimate
+    status: str  # "ok" or "fail"
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "index": list(self.index)}
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """Summary of one named parameter group."""
+
+    name: str
+    shape: tuple[int, ...]
+    checked: int
+    failed: int
+    max_difference: float
+    max_score: float
+    relative_error: float
+    verdict: str
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "shape": list(self.shape)}
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`fastgrad.check`.
+
+    ``verdict`` is "pass", "warn" or "fail"; ``passed`` is False only on "fail".
+    ``relative_error`` is the seed's ‖D − g‖₂ / (‖D‖₂ + ‖g‖₂) over the checked
+    coordinates; ``numerical`` and ``analytic`` are in theta's structure (NaN at
+    coordinates not checked).
+    """
+
+    verdict: str
+    relative_error: float
+    size: int
+    checked: int
+    failed: int
+    evaluations: int
+    seconds: float
+    engine: str
+    workers: int
+    dtype: str
+    relative_step: float
+    noise: float
+    noise_detected: bool
+    refined: int  # coordinates re-evaluated at a second step
+    multiplier: float  # z
+    groups: list[GroupResult]
+    worst: list[CoordinateResult]
+    numerical: object = field(repr=False)
+    analytic: object = field(repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict != "fail"
+
+    @property
+    def band(self) -> str:
+        return seed_band(self.relative_error)
+
+    def to_dict(self) -> dict:
+        """Everything but the full gradients, in JSON-serialisable types."""
+        scalars = {k: v for k, v in self.__dict__.items()
+                   if k not in ("groups", "worst", "numerical", "analytic", "notes")}
+        return {
+            **scalars,
+            "passed": self.passed,
+            "band": self.band,
+            "groups": [g.to_dict() for g in self.groups],
+            "worst": [c.to_dict() for c in self.worst],
+            "notes": list(self.notes),
+        }
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def format_report(report: Report) -> str:
+    """The report as a few aligned blocks of plain text."""
+    headline = {
+        "pass": "PASS  the analytic gradient agrees with the finite differences",
+        "warn": "WARN  no coordinate disagrees, but the check is not conclusive",
+        "fail": f"FAIL  {report.failed} of {report.checked} coordinates disagree "
+                f"beyond the finite-difference error",
+    }[report.verdict]
+    lines = [
+        headline,
+        f"relative error  {report.relative_error:.3e}  ({report.band}: <= {CORRECT_BELOW:g} "
+        f"correct, > {WRONG_ABOVE:g} wrong)",
+        f"checked         {report.checked:,} of {report.size:,} coordinates, "
+        f"{report.evaluations:,} loss evaluations, {report.seconds:.2f} s "
+        f"({report.engine}, {report.workers} worker{'s' if report.workers != 1 else ''}, "
+        f"{report.dtype})",
+        f"steps           h = {report.relative_step:.2e} * max(1, |theta_i|); loss noise "
+        f"{report.noise:.2e}{'' if report.noise_detected else ' (not measured: bound used)'}; "
+        f"allowed |D - g| = {report.multiplier:.1f} * rounding + truncation",
+        "",
+        _table(["group", "shape", "checked", "failed", "max |D - g|", "max score", "rel. error",
+                "verdict"],
+               [[g.name, _shape(g.shape), f"{g.checked:,}", f"{g.failed:,}",
+                 f"{g.max_difference:.2e}", f"{g.max_score:.2g}", f"{g.relative_error:.2e}",
+                 g.verdict] for g in report.groups]),
+        "",
+        "worst coordinates (score = |D - g| / allowed error; above 1 disagrees)",
+        _table(["coordinate", "analytic", "numerical", "D - g", "allowed", "score", ""],
+               [[c.label, f"{c.analytic:+.6e}", f"{c.numerical:+.6e}", f"{c.difference:+.2e}",
+                 f"{c.error_estimate:.2e}", f"{c.score:.3g}", c.status]
+                for c in report.worst]),
+    ]
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    numeric = [i > 0 for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(
+            (str(c).rjust(w) if right else str(c).ljust(w))
+            for c, w, right in zip(cells, widths, numeric)
+        ).rstrip()
+
+    return "\n".join([line(header)] + [line(row) for row in rows])
+
+
+def group_results(layout: ParameterLayout, coords, numerical, analytic, score) -> list[GroupResult]:
+    """Per-group maxima and verdicts over the checked coordinates ``coords``."""
+
+    which = layout.group_index(coords)
+    results = []
+    for index, group in enumerate(layout.groups):
+        rows = which == index
+        difference = np.abs(numerical[rows] - analytic[rows])
+        failed = int((score[rows] > 1.0).sum())
+        results.append(GroupResult(
+            name=group.name, shape=group.shape, checked=int(rows.sum()), failed=failed,
+            max_difference=float(difference.max(initial=0.0)),
+            max_score=float(score[rows].max(initial=0.0)),
+            relative_error=relative_error(numerical[rows], analytic[rows]),
+            verdict="fail" if failed else ("ok" if rows.any() else "unchecked"),
+        ))
+    return results
+
+
+def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, error, score,
+                      count: int = WORST_SHOWN) -> list[CoordinateResult]:
+    """The ``count`` coordinates with the highest score, highest first."""
+    order = np.argsort(-score, kind="stable")[:count]
+    results = []
+    for row in order:
+        group, index = layout.multi_index(int(coords[row]))
+        results.append(CoordinateResult(
+            label=layout.label(int(coords[row])), group=group.name, index=index,
+            analytic=float(analytic[row]), numerical=float(numerical[row]),
+            difference=float(numerical[row] - analytic[row]),
+            error_estimate=float(error[row]), score=float(score[row]),
+            status="fail" if score[row] > 1.0 else "ok",
+        ))
+    return results
