@@ -7,26 +7,34 @@ engine (:mod:`.engine`) → analysis (:mod:`.analysis`, :mod:`.noise`) → repor
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import analysis
 from .engine import Engine, make_engine
 from .errors import InputError
+from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
 from .noise import estimate_noise
 from .parameters import ParameterLayout
-from .plan import CENTRAL, CENTRAL_DOUBLE, Plan
-from .report import Report, group_results, worst_coordinates
+from .plan import CENTRAL, CENTRAL_DOUBLE, Plan, directional_relative_step
+from .report import Report, build_report
+from .sampling import sample_coordinates
 
 #: Fixed seed of the direction along which the loss's noise is measured: checks are reproducible.
 NOISE_SEED = 20261128
+#: Localisation budget: this many evaluations per halving of n, plus the extra (see directions.py).
+LOCALISATION_PER_HALVING = 10
+LOCALISATION_EXTRA = 100
 
 
 def check(loss: Callable, grad, theta, args=(), *, eps: float | None = None,
-          workers: int | None = None, engine: str = "auto",
-          progress: Callable[[int], None] | None = None) -> Report:
+          workers: int | None = None, engine: str = "auto", sample=None,
+          detect: tuple[float, float] | None = None, directions: int | None = None,
+          seed=None, progress: Callable[[int], None] | None = None) -> Report:
     """Compare an analytic gradient with central differences of the loss, coordinate by coordinate.
 
     Parameters
@@ -49,6 +57,18 @@ def check(loss: Callable, grad, theta, args=(), *, eps: float | None = None,
         Threads for a compiled loss (default: every core), 1 for a Python loss.
     engine : {"auto", "numba", "python"}
         Force the plain-Python path with "python" (e.g. to compare engines).
+    sample : int or float, optional
+        Check k coordinates (or a fraction of n) drawn without replacement,
+        stratified over the groups; the report states what the sample could miss.
+    detect : (p, alpha), optional
+        Instead of ``sample``: per group, the smallest sample that catches a bug
+        touching a fraction p of the group with probability >= 1 - alpha.
+    directions : int, optional
+        Test this many random Gaussian directions over all coordinates at once; if
+        one fails, localise the error by group testing.  Alone, no coordinate is
+        checked one by one; with ``sample``/``detect``, both are done.
+    seed : int, optional
+        Seed of the sample and the directions (None: fresh; the report gives it).
     progress : callable, optional
         Called with the number of coordinates just finished, from worker threads.
 
@@ -60,15 +80,32 @@ def check(loss: Callable, grad, theta, args=(), *, eps: float | None = None,
     started = time.perf_counter()
     args = _as_args(args)
     layout, theta_flat = ParameterLayout.from_theta(theta)
+    seeds = np.random.SeedSequence(seed)
+    sampled_rng, directions_rng = (np.random.default_rng(s) for s in seeds.spawn(2))
+    coverage = None
+    if sample is not None or detect is not None:
+        if sample is not None and detect is not None:
+            raise InputError("give sample= or detect=, not both")
+        coverage = sample_coordinates(layout, sample=sample, detect=detect, seed=sampled_rng)
+    directions = _check_directions(directions)
     analytic = _analytic_gradient(grad, theta, theta_flat, layout, args)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     run.progress = progress
     noise = estimate_noise(run.at, theta_flat, rng=np.random.default_rng(NOISE_SEED))
-    plan = Plan.full(theta_flat, eps)
-    numerical, error, refined = _derivatives(run, plan, theta_flat, analytic[plan.coords],
-                                             noise.sigma, layout.dtype)
-    return _report(layout, plan, numerical, analytic, error, refined, noise, run,
-                   time.perf_counter() - started)
+    if coverage is not None:
+        plan = Plan.for_coords(theta_flat, coverage.coords, eps)
+    elif directions:
+        plan = Plan.for_coords(theta_flat, np.empty(0, dtype=np.int64), eps)
+    else:
+        plan = Plan.full(theta_flat, eps)
+    coordinates = _derivatives(run, plan, theta_flat, analytic[plan.coords], noise.sigma,
+                               layout.dtype)
+    directional = None
+    if directions:
+        directional = _directional(run, layout, plan, theta_flat, analytic, noise.sigma,
+                                   directions, directions_rng, eps)
+    return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,
+                        seed=seeds.entropy, seconds=time.perf_counter() - started)
 
 
 def assert_gradient(loss: Callable, grad, theta, args=(), **options) -> Report:
@@ -123,8 +160,17 @@ def _rounding(sigma: float, losses: np.ndarray, taken: np.ndarray, dtype) -> np.
     return analysis.rounding_std(noise, taken[:, 0], taken[:, 1])
 
 
+@dataclass
+class CoordinateChecks:
+    """Numerical derivatives at a plan's coordinates and their allowed errors z·r + t."""
+
+    numerical: np.ndarray
+    error: np.ndarray
+    refined: np.ndarray  # rows re-evaluated at 2h
+
+
 def _derivatives(run: Engine, plan: Plan, theta: np.ndarray, analytic: np.ndarray,
-                 sigma: float, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 sigma: float, dtype) -> CoordinateChecks:
     """Numerical derivatives and their allowed errors z·r + t at the plan's coordinates.
 
     First pass: central differences at h, allowed error z·r (truncation unknown).
@@ -146,41 +192,37 @@ def _derivatives(run: Engine, plan: Plan, theta: np.ndarray, analytic: np.ndarra
         truncation = np.abs(numerical[refined] - extrapolated)
         numerical[refined] = extrapolated
         error[refined] = multiplier * rounding_r + truncation
-    return numerical, error, refined
+    return CoordinateChecks(numerical, error, refined)
 
 
-def _report(layout: ParameterLayout, plan: Plan, numerical, analytic_flat, error, refined, noise,
-            run: Engine, seconds: float) -> Report:
-    coords = plan.coords
-    analytic = analytic_flat[coords]
-    score = analysis.disagreement(numerical, analytic, error)
-    failed = int((score > 1.0).sum())
-    relative = analysis.relative_error(numerical, analytic)
-    notes = []
-    if not noise.detected:
-        notes.append("the loss's rounding noise could not be measured; a bound was used instead")
-    if failed:
-        verdict = "fail"
-    elif relative > analysis.WRONG_ABOVE or not noise.detected:
-        verdict = "warn"
-        if relative > analysis.WRONG_ABOVE:
-            notes.append(
-                "the finite differences are too noisy to confirm this gradient: the relative "
-                "error is above 1e-3 although no coordinate exceeds its error estimate"
-            )
-    else:
-        verdict = "pass"
-    numerical_full = np.full(layout.size, np.nan)
-    numerical_full[coords] = numerical
-    return Report(
-        verdict=verdict, relative_error=relative, size=layout.size, checked=len(plan),
-        failed=failed, evaluations=run.evaluations, seconds=seconds, engine=run.name,
-        workers=run.workers, dtype=str(layout.dtype), relative_step=plan.relative_step,
-        noise=float(noise.sigma), noise_detected=bool(noise.detected), refined=int(refined.size),
-        multiplier=analysis.noise_multiplier(len(plan)),
-        groups=group_results(layout, coords, numerical, analytic, score),
-        worst=worst_coordinates(layout, coords, numerical, analytic, error, score),
-        numerical=layout.structured(numerical_full),
-        analytic=layout.structured(analytic_flat.copy()),
-        notes=notes,
-    )
+def _check_directions(directions) -> int:
+    if directions is None:
+        return 0
+    if isinstance(directions, bool) or not isinstance(directions, (int, np.integer)) \
+            or directions < 1:
+        raise InputError(f"directions must be a positive integer, got {directions!r}")
+    return int(directions)
+
+
+def _directional(run: Engine, layout: ParameterLayout, plan: Plan, theta: np.ndarray,
+                 analytic: np.ndarray, sigma: float, count: int, rng: np.random.Generator,
+                 eps: float | None) -> DirectionalChecks:
+    """Gaussian directional tests; if one fails, localise by group testing."""
+    step = directional_relative_step(theta.dtype) if eps is None else plan.relative_step
+    tester = DirectionalTester(run, theta, analytic, sigma, step, analysis.noise_multiplier(count))
+    results = run_directions(tester, count, rng)
+    checks = DirectionalChecks(results, tester.sensitivity(results))
+    if any(result.failed for result in results):
+        def confirm(coordinate: int) -> tuple[bool, int]:
+            single = Plan.for_coords(theta, [coordinate], eps)
+            before = run.evaluations
+            found = _derivatives(run, single, theta, analytic[single.coords], sigma, layout.dtype)
+            checks.confirmed[coordinate] = (float(found.numerical[0]), float(found.error[0]))
+            disagrees = abs(found.numerical[0] - analytic[coordinate]) > found.error[0]
+            return bool(disagrees), run.evaluations - before
+
+        budget = LOCALISATION_PER_HALVING * math.ceil(math.log2(max(layout.size, 2))) \
+            + LOCALISATION_EXTRA
+        reference = max(results, key=lambda result: result.score)
+        checks.localisation = Localiser(tester, layout, confirm, rng, budget, reference).run()
+    return checks

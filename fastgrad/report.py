@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import analysis
 from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
+from .directions import DirectionResult
 from .parameters import ParameterLayout
+from .sampling import Coverage
 
 #: How many of the worst coordinates a report lists.
 WORST_SHOWN = 10
@@ -78,6 +81,11 @@ class Report:
     numerical: object = field(repr=False)
     analytic: object = field(repr=False)
     notes: list[str] = field(default_factory=list)
+    seed: int | None = None  # reproduces the sample and the directions
+    coverage: Coverage | None = None  # what a sampled check vouches for
+    directions: list[DirectionResult] = field(default_factory=list)
+    sensitivity: float | None = None  # single-coordinate error s_i·|δ| the directions catch
+    localisation: dict | None = None  # what group testing found (labels), and its cost
 
     @property
     def passed(self) -> bool:
@@ -89,15 +97,20 @@ class Report:
 
     def to_dict(self) -> dict:
         """Everything but the full gradients, in JSON-serialisable types."""
-        scalars = {k: v for k, v in self.__dict__.items()
-                   if k not in ("groups", "worst", "numerical", "analytic", "notes")}
+        structured = ("groups", "worst", "numerical", "analytic", "notes", "coverage",
+                      "directions", "localisation")
+        scalars = {k: v for k, v in self.__dict__.items() if k not in structured}
         return {
             **scalars,
+            "seed": None if self.seed is None else str(self.seed),
             "passed": self.passed,
             "band": self.band,
             "groups": [g.to_dict() for g in self.groups],
             "worst": [c.to_dict() for c in self.worst],
             "notes": list(self.notes),
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
+            "directions": [d.to_dict() for d in self.directions],
+            "localisation": self.localisation,
         }
 
     def __str__(self) -> str:
@@ -109,8 +122,8 @@ def format_report(report: Report) -> str:
     headline = {
         "pass": "PASS  the analytic gradient agrees with the finite differences",
         "warn": "WARN  no coordinate disagrees, but the check is not conclusive",
-        "fail": f"FAIL  {report.failed} of {report.checked} coordinates disagree "
-                f"beyond the finite-difference error",
+        "fail": "FAIL  the analytic gradient disagrees with the finite differences beyond "
+                "their error",
     }[report.verdict]
     lines = [
         headline,
@@ -123,6 +136,20 @@ def format_report(report: Report) -> str:
         f"steps           h = {report.relative_step:.2e} * max(1, |theta_i|); loss noise "
         f"{report.noise:.2e}{'' if report.noise_detected else ' (not measured: bound used)'}; "
         f"allowed |D - g| = {report.multiplier:.1f} * rounding + truncation",
+    ]
+    if report.coverage is not None:
+        lines += report.coverage.lines()
+    if report.directions:
+        failed = sum(d.failed for d in report.directions)
+        lines.append(f"directions      {failed} of {len(report.directions)} random directions "
+                     f"disagree; a single coordinate off by |delta| >= {report.sensitivity:.2e} "
+                     f"/ max(1, |theta_i|) is caught w.p. >= 95%")
+    if report.localisation is not None:
+        found = report.localisation
+        named = ", ".join(found["coordinates"] + [f"{g} (dense)" for g in found["dense"]])
+        lines.append(f"localised       {named or 'nothing'} in {found['evaluations']} loss "
+                     f"evaluations{'' if found['complete'] else '; more may remain'}")
+    lines += [
         "",
         _table(["group", "shape", "checked", "failed", "max |D - g|", "max score", "rel. error",
                 "verdict"],
@@ -191,3 +218,58 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
             status="fail" if score[row] > 1.0 else "ok",
         ))
     return results
+
+
+def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.ndarray, noise,
+                 run, directional, coverage, *, seed, seconds: float) -> Report:
+    """Judge the checks and assemble the report."""
+    coords = plan.coords
+    numerical, error = coordinates.numerical, coordinates.error
+    analytic = analytic_flat[coords]
+    if directional is not None and directional.confirmed:  # coordinates named by localisation
+        extra = np.array([c for c in directional.confirmed if c not in set(coords.tolist())],
+                         dtype=np.int64)
+        coords = np.concatenate([coords, extra])
+        numerical = np.concatenate([numerical, [directional.confirmed[c][0] for c in extra]])
+        error = np.concatenate([error, [directional.confirmed[c][1] for c in extra]])
+        analytic = analytic_flat[coords]
+    score = analysis.disagreement(numerical, analytic, error)
+    failed = int((score > 1.0).sum())
+    directions = [] if directional is None else directional.results
+    if coords.size:
+        relative = analysis.relative_error(numerical, analytic)
+    else:
+        relative = analysis.relative_error(np.array([d.numerical for d in directions]),
+                                           np.array([d.analytic for d in directions]))
+    notes = []
+    if not noise.detected:
+        notes.append("the loss's rounding noise could not be measured; a bound was used instead")
+    if failed or (directional is not None and directional.failed):
+        verdict = "fail"
+    elif relative > analysis.WRONG_ABOVE or not noise.detected:
+        verdict = "warn"
+        if relative > analysis.WRONG_ABOVE:
+            notes.append(
+                "the finite differences are too noisy to confirm this gradient: the relative "
+                "error is above 1e-3 although nothing exceeds its error estimate"
+            )
+    else:
+        verdict = "pass"
+    numerical_full = np.full(layout.size, np.nan)
+    numerical_full[coords] = numerical
+    return Report(
+        verdict=verdict, relative_error=relative, size=layout.size, checked=int(coords.size),
+        failed=failed, evaluations=run.evaluations, seconds=seconds, engine=run.name,
+        workers=run.workers, dtype=str(layout.dtype), relative_step=plan.relative_step,
+        noise=float(noise.sigma), noise_detected=bool(noise.detected),
+        refined=int(coordinates.refined.size),
+        multiplier=analysis.noise_multiplier(len(plan)),
+        groups=group_results(layout, coords, numerical, analytic, score),
+        worst=worst_coordinates(layout, coords, numerical, analytic, error, score),
+        numerical=layout.structured(numerical_full),
+        analytic=layout.structured(analytic_flat.copy()),
+        notes=notes, seed=seed, coverage=coverage, directions=directions,
+        sensitivity=None if directional is None else directional.sensitivity,
+        localisation=(None if directional is None or directional.localisation is None
+                      else directional.localisation.to_dict(layout)),
+    )

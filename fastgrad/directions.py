@@ -1,0 +1,294 @@
+"""Directional checks, and group testing to localise what they find.
+
+Directional derivative.  For a direction v (scaled per coordinate by
+s_i = max(1, |θ_i|), like the coordinate steps), the loss is evaluated at
+x_± = fl(θ ± h0·v), and with the offsets actually taken Δ_± = x_± − θ:
+
+    numerical N = (f(x_+) − f(x_-)) / 2h0,     analytic A = g·(Δ_+ − Δ_-) / 2h0.
+
+N − A is judged by the same rule as a coordinate (see :mod:`.analysis`): against
+z·r, r = √2·σ/2h0 plus the rounding of the dot product, and, when that is
+exceeded, again at 2h0 with Richardson extrapolation and a truncation estimate.
+
+Sensitivity.  An error δ in a single coordinate i of the gradient moves A − N by
+v_i·δ, with v_i = Z·s_i, Z ~ N(0, 1).  Over m independent directions it shows
+(|v_i·δ| > T, T the allowed error) with probability 1 − P(|Z| < T/(s_i·|δ|))^m,
+which is ≥ 1 − α once s_i·|δ| ≥ T/q, q = Φ⁻¹((1 + α^{1/m}) / 2).
+
+Localisation.  A failing set of coordinates is halved, and a direction supported
+on one half is tested: if it fails the error is there, else in the other half.
+One test costs 2 evaluations.  From the failing Gaussian test, which measured
+the rounding r and the truncation T of its difference at step h, the
+localising tests take the step h* that balances them (:func:`balanced_step`),
+and predict their own truncation as T·(h*/h)²·‖v‖/‖v_ref‖ (the third-derivative
+term h²·D³f[v,v,v]/6 of incoherent coordinates grows like ‖v‖); only a residual
+within a margin of that prediction is settled by a second step.
+First over the groups, then within the group.  A group both of whose halves fail
+holds a dense error and is named as a whole; otherwise the descent ends on one
+coordinate, which a coordinate check confirms.  Then the set without what was
+found is tested again, until it passes.  Localising directions have random signs
+and magnitudes uniform on [1/2, 3/2] (times s_i): every coordinate weighs at least
+half its scale, so a single error cannot hide behind a small Gaussian weight, and
+two errors cancel with probability 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+
+from . import analysis
+from .engine import Engine
+from .parameters import ParameterLayout
+from .sampling import ALPHA
+
+#: At most this many separate findings (coordinates or dense groups) per localisation.
+MAX_FINDINGS = 8
+#: A localising test fails at once when its residual exceeds z·r by this many predicted
+#: truncation errors; closer calls are settled at a second step (see Localiser).
+TRUNCATION_MARGIN = 4.0
+
+
+@dataclass(frozen=True)
+class DirectionResult:
+    """One directional test: numerical and analytic directional derivatives (per unit h0)."""
+
+    label: str
+    numerical: float
+    analytic: float
+    error_estimate: float
+    score: float
+    evaluations: int
+    truncation: float = 0.0  # |D(h) − R|, when the test was refined at 2h
+    norm: float = 0.0  # ‖v‖₂ of the direction
+    rounding: float = 0.0  # r, the rounding std of D(h)
+    step: float = 0.0  # h0 of the test
+
+    @property
+    def failed(self) -> bool:
+        return self.score > 1.0
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "failed": self.failed}
+
+
+@dataclass
+class Localisation:
+    """What group testing found: wrong coordinates, groups with a dense error, and its cost."""
+
+    coordinates: list[int] = field(default_factory=list)  # flat indices, each confirmed
+    dense: list[str] = field(default_factory=list)  # group names (or ranges) with a dense error
+    evaluations: int = 0
+    complete: bool = False  # the set without the findings passes again
+
+    def to_dict(self, layout: ParameterLayout) -> dict:
+        return {"coordinates": [layout.label(c) for c in self.coordinates], "dense": self.dense,
+                "evaluations": self.evaluations, "complete": self.complete}
+
+
+@dataclass
+class DirectionalChecks:
+    """The directional tests of a check, and the localisation when one failed."""
+
+    results: list[DirectionResult]
+    sensitivity: float  # single-coordinate error s_i·|δ| caught w.p. ≥ 1 − ALPHA
+    localisation: Localisation | None = None
+    confirmed: dict[int, tuple[float, float]] = field(default_factory=dict)  # coord -> (D, error)
+
+    @property
+    def failed(self) -> bool:
+        return any(result.failed for result in self.results)
+
+
+class DirectionalTester:
+    """Directional tests of the analytic gradient at θ, sharing the loss's noise estimate."""
+
+    def __init__(self, run: Engine, theta: np.ndarray, analytic: np.ndarray, sigma: float,
+                 relative_step: float, multiplier: float):
+        self.run = run
+        self.theta = theta
+        self.analytic = analytic
+        self.sigma = sigma
+        self.step = relative_step
+        self.multiplier = multiplier
+        self.scale = np.maximum(1.0, np.abs(theta.astype(np.float64)))
+
+    def gaussian(self, rng: np.random.Generator) -> np.ndarray:
+        """v = Z·s, Z ~ N(0, I)."""
+        return rng.standard_normal(self.theta.size) * self.scale
+
+    def localising(self, rng: np.random.Generator, support: np.ndarray) -> np.ndarray:
+        """v_i = ±U(1/2, 3/2)·s_i on ``support`` (a boolean mask), 0 elsewhere."""
+        weights = rng.uniform(0.5, 1.5, self.theta.size) * rng.choice((-1.0, 1.0), self.theta.size)
+        return np.where(support, weights * self.scale, 0.0)
+
+    def _difference(self, direction: np.ndarray, multiple: float):
+        """(N, A, r) at step multiple·h0: numerical, analytic and rounding std, per unit h0."""
+        dtype = self.theta.dtype
+        base = self.theta.astype(np.float64)
+        step = multiple * self.step
+        plus = (base + step * direction).astype(dtype)
+        minus = (base - step * direction).astype(dtype)
+        f_plus, f_minus = self.run.at(plus, "along a direction"), self.run.at(minus, "along a direction")
+        offsets = plus.astype(np.float64) - minus.astype(np.float64)
+        terms = self.analytic * offsets
+        numerical = (f_plus - f_minus) / (2.0 * step)
+        analytic = math.fsum(terms) / (2.0 * step)
+        noise = analysis.evaluation_noise(self.sigma, np.array(f_plus), np.array(f_minus), dtype)
+        rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
+        # math.fsum is correctly rounded; the products g_i·Δ_i each err by u relative.
+        rounding += float(np.finfo(np.float64).eps) * float(np.abs(terms).sum()) / (2.0 * step)
+        return numerical, analytic, rounding
+
+    def test(self, direction: np.ndarray, label: str,
+             predicted_truncation: float | None = None) -> DirectionResult:
+        """N − A judged against z·r; on disagreement, again at 2h0 with Richardson.
+
+        With ``predicted_truncation`` T (from a related direction, see :class:`Localiser`),
+        a residual beyond z·r + TRUNCATION_MARGIN·T fails without the second step.
+        """
+        numerical, analytic, rounding = self._difference(direction, 1.0)
+        first_rounding = rounding
+        error = self.multiplier * rounding
+        evaluations, truncation = 2, 0.0
+        residual = abs(numerical - analytic)
+        if predicted_truncation is not None \
+                and residual > error + TRUNCATION_MARGIN * predicted_truncation:
+            error += TRUNCATION_MARGIN * predicted_truncation
+        elif residual > error:
+            numerical2, analytic2, rounding2 = self._difference(direction, 2.0)
+            evaluations += 2
+            extrapolated = analysis.richardson(numerical, numerical2)
+            analytic_r = analysis.richardson(analytic, analytic2)
+            truncation = abs((numerical - analytic) - (extrapolated - analytic_r))
+            error = (self.multiplier * float(analysis.richardson_rounding_std(rounding, rounding2))
+                     + truncation)
+            numerical, analytic = extrapolated, analytic_r
+        score = float(analysis.disagreement(numerical, analytic, error))
+        return DirectionResult(label, float(numerical), float(analytic), float(error), score,
+                               evaluations, float(truncation), float(np.linalg.norm(direction)),
+                               float(first_rounding), self.step)
+
+    def with_step(self, step: float) -> DirectionalTester:
+        """The same tester at another relative step."""
+        return DirectionalTester(self.run, self.theta, self.analytic, self.sigma, step,
+                                 self.multiplier)
+
+    def sensitivity(self, results: list[DirectionResult], alpha: float = ALPHA) -> float:
+        """The single-coordinate error s_i·|δ| caught w.p. ≥ 1 − α by these Gaussian directions."""
+        quantile = NormalDist().inv_cdf((1.0 + alpha ** (1.0 / len(results))) / 2.0)
+        return max(r.error_estimate for r in results) / quantile
+
+
+def run_directions(tester: DirectionalTester, count: int, rng: np.random.Generator
+                   ) -> list[DirectionResult]:
+    """``count`` Gaussian directional tests."""
+    return [tester.test(tester.gaussian(rng), f"direction {j + 1}") for j in range(count)]
+
+
+class Localiser:
+    """Group testing over the flat coordinates: :meth:`run` names what is wrong."""
+
+    def __init__(self, tester: DirectionalTester, layout: ParameterLayout,
+                 confirm, rng: np.random.Generator, budget: int, reference: DirectionResult):
+        self.reference = reference  # the failing Gaussian test: its truncation and norm
+        self.tester = tester.with_step(balanced_step(reference, tester.multiplier))
+        self.layout = layout
+        self.confirm = confirm  # flat index -> (disagrees, evaluations)
+        self.rng = rng
+        self.budget = budget
+        self.found = Localisation()
+        self.excluded = np.zeros(layout.size, dtype=bool)
+
+    def fails(self, ranges: list[tuple[int, int]]) -> bool:
+        """Test a localising direction supported on ``ranges``, minus what was found."""
+        support = np.zeros(self.layout.size, dtype=bool)
+        for start, stop in ranges:
+            support[start:stop] = True
+        support &= ~self.excluded
+        if not support.any():
+            return False
+        direction = self.tester.localising(self.rng, support)
+        reference = self.reference
+        predicted = (reference.truncation * (self.tester.step / reference.step) ** 2
+                     * np.linalg.norm(direction) / reference.norm)
+        result = self.tester.test(direction, "localising", predicted)
+        self.found.evaluations += result.evaluations
+        return result.failed
+
+    def run(self) -> Localisation:
+        """Find up to MAX_FINDINGS wrong coordinates or dense groups; the full set is known to fail."""
+        live = [(g.offset, g.stop) for g in self.layout.groups]
+        for finding in range(MAX_FINDINGS):
+            if self.found.evaluations >= self.budget:
+                return self.found
+            if finding and not self.fails(live):
+                self.found.complete = True
+                return self.found
+            where = self._find_one(live)
+            if where is None:
+                return self.found
+            start, stop = where
+            self.excluded[start:stop] = True
+            if stop - start == 1:
+                self.found.coordinates.append(start)
+            else:
+                self.found.dense.append(self._name(start, stop))
+        self.found.complete = self.found.evaluations < self.budget and not self.fails(live)
+        return self.found
+
+    def _find_one(self, live: list[tuple[int, int]]) -> tuple[int, int] | None:
+        """A failing coordinate (start, start + 1), a dense group's range, or None."""
+        current = live
+        while len(current) > 1:  # over the groups
+            first, second = _split_ranges(current)
+            current = first if self.fails(first) else second
+        start, stop = current[0]
+        if stop - start > 1:  # is the error dense in this group?
+            left, right = _halves(start, stop)
+            left_fails, right_fails = self.fails([left]), self.fails([right])
+            if left_fails and right_fails:
+                return start, stop
+            if not (left_fails or right_fails):
+                return None
+            start, stop = left if left_fails else right
+        while stop - start > 1:  # binary descent to one coordinate
+            left, right = _halves(start, stop)
+            start, stop = left if self.fails([left]) else right
+        disagrees, evaluations = self.confirm(start)
+        self.found.evaluations += evaluations
+        return (start, stop) if disagrees else None
+
+    def _name(self, start: int, stop: int) -> str:
+        group = self.layout.groups[int(self.layout.group_index(start))]
+        if (start, stop) == (group.offset, group.stop):
+            return group.name
+        return f"{self.layout.label(start)}..{self.layout.label(stop - 1)}"
+
+
+def balanced_step(reference: DirectionResult, multiplier: float) -> float:
+    """h* = h·(z·r / 2T)^(1/3), at most h: the step minimising z·r(h*) + T(h*).
+
+    With r(h) ∝ 1/h and T(h) ∝ h², as measured by the reference test at h.  A
+    direction that was not refined (T unknown, so small) keeps its step.
+    """
+    if reference.truncation <= 0.0:
+        return reference.step
+    ratio = multiplier * reference.rounding / (2.0 * reference.truncation)
+    return reference.step * min(1.0, ratio ** (1.0 / 3.0))
+
+
+def _halves(start: int, stop: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    middle = (start + stop) // 2
+    return (start, middle), (middle, stop)
+
+
+def _split_ranges(ranges: list[tuple[int, int]]):
+    """Split a list of ranges in two lists of about equal total size (at least one range each)."""
+    sizes = np.cumsum([stop - start for start, stop in ranges])
+    cut = int(np.searchsorted(sizes, sizes[-1] / 2.0))
+    cut = min(max(cut, 1), len(ranges) - 1)
+    return ranges[:cut], ranges[cut:]

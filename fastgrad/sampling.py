@@ -1,0 +1,213 @@
+"""Sampled checks: which coordinates to check, and what the sample could have missed.
+
+Stratification.  The budget of k coordinates is shared over the named groups so
+that none goes unchecked: every group first gets the floor (a group no larger
+than the floor is so checked whole), and the rest of the budget is shared in
+proportion to the group sizes.  The floor, 16 coordinates, is the sample on
+which a bug that touches ≥ 17% of a group is caught with probability ≥ 95%,
+since (1 − 0.17)^16 < 0.05.
+
+Guarantee.  Sampling k of a group's N coordinates without replacement, a bug
+that touches K of them is missed with the hypergeometric probability
+
+    P(miss) = C(N − K, k) / C(N, k) = Π_{j<k} (N − K − j)/(N − j) ≤ (1 − k/N)^K,
+
+so it is caught with probability ≥ 1 − α once K is at least the smallest K with
+P(miss) ≤ α.  Over all groups, whatever the placement of K bugged coordinates,
+P(miss) ≤ (1 − f_min)^K with f_min the smallest sampled fraction.  "Caught"
+means: a bugged coordinate is in the sample; its error is then judged like any
+other coordinate's, against its finite-difference error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .parameters import ParameterLayout
+
+#: Coordinates a sampled group gets at least (see the module docstring).
+FLOOR = 16
+#: The confidence of the stated guarantees: caught with probability ≥ 1 − ALPHA.
+ALPHA = 0.05
+
+
+def log_miss_probability(size: int, bugged: int, sampled: int) -> float:
+    """log P(miss) = log C(N − K, k) − log C(N, k); −inf when k > N − K."""
+    if sampled > size - bugged:
+        return -math.inf
+    return _log_comb(size - bugged, sampled) - _log_comb(size, sampled)
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _first(low: int, high: int, holds) -> int:
+    """The smallest x in [low, high] where the monotone predicate ``holds`` is true (else high)."""
+    while low < high:
+        middle = (low + high) // 2
+        if holds(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def smallest_caught(size: int, sampled: int, alpha: float = ALPHA) -> int:
+    """The smallest K whose P(miss) ≤ α: bugs touching ≥ K coordinates are caught w.p. ≥ 1 − α.
+
+    P(miss) falls as K grows, and is 0 at K = N when k ≥ 1.
+    """
+    log_alpha = math.log(alpha)
+    return _first(1, size, lambda bugged: log_miss_probability(size, bugged, sampled) <= log_alpha)
+
+
+def sample_size_for(size: int, fraction: float, alpha: float) -> int:
+    """The smallest k such that a bug touching ⌈fraction·N⌉ coordinates is caught w.p. ≥ 1 − α."""
+    bugged = max(1, math.ceil(fraction * size))
+    log_alpha = math.log(alpha)
+    return _first(1, size, lambda sampled: log_miss_probability(size, bugged, sampled) <= log_alpha)
+
+
+def allocate(sizes: list[int], budget: int, floor: int = FLOOR) -> list[int]:
+    """Per-group sample sizes summing to ``budget`` (at least one per group).
+
+    Each group first gets min(size, floor) — a group no larger than the floor is
+    then whole — with the floor lowered to budget // groups when the budget is
+    small; what is left is shared in proportion to the group sizes (largest
+    remainders), never beyond a group's size.
+    """
+    floor = max(1, min(floor, budget // max(len(sizes), 1)))
+    counts = [min(size, floor) for size in sizes]
+    remaining = budget - sum(counts)
+    while remaining > 0:
+        open_groups = [i for i, size in enumerate(sizes) if counts[i] < size]
+        if not open_groups:
+            break
+        total = sum(sizes[i] for i in open_groups)
+        shares = [remaining * sizes[i] / total for i in open_groups]
+        extra = [int(share) for share in shares]
+        by_remainder = sorted(range(len(open_groups)), key=lambda j: extra[j] - shares[j])
+        for j in by_remainder[: remaining - sum(extra)]:
+            extra[j] += 1
+        for j, i in enumerate(open_groups):
+            added = min(extra[j], sizes[i] - counts[i])
+            counts[i] += added
+            remaining -= added
+    return counts
+
+
+@dataclass(frozen=True)
+class GroupCoverage:
+    """What the sample of one group can vouch for."""
+
+    name: str
+    size: int
+    sampled: int
+    caught_from: int  # bugs touching ≥ this many coordinates are caught w.p. ≥ 1 − alpha
+
+    @property
+    def caught_fraction(self) -> float:
+        return self.caught_from / self.size
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "caught_fraction": self.caught_fraction}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The sampled coordinates and the guarantee they give, per group and overall."""
+
+    coords: np.ndarray  # sorted flat indices
+    groups: list[GroupCoverage]
+    alpha: float
+
+    @property
+    def sampled(self) -> int:
+        return int(self.coords.size)
+
+    @property
+    def evaluations(self) -> int:
+        """Loss evaluations of the central differences (2 per coordinate), before re-checks."""
+        return 2 * self.sampled
+
+    @property
+    def caught_from(self) -> int:
+        """Overall: bugs touching ≥ this many coordinates anywhere are caught w.p. ≥ 1 − alpha.
+
+        From P(miss) ≤ (1 − f_min)^K, f_min the smallest sampled fraction.
+        """
+        smallest = min(g.sampled / g.size for g in self.groups)
+        if smallest >= 1.0:
+            return 1
+        return math.ceil(math.log(self.alpha) / math.log1p(-smallest))
+
+    def lines(self) -> list[str]:
+        size = sum(g.size for g in self.groups)
+        lines = [f"sampled {self.sampled:,} of {size:,} coordinates: a bug touching at least "
+                 f"{_share(self.caught_from, size)} of them is caught with probability "
+                 f">= {1 - self.alpha:.0%}"]
+        for g in self.groups:
+            what = ("checked whole" if g.sampled == g.size else
+                    f"a bug touching >= {_share(g.caught_from, g.size)} of it is caught "
+                    f"w.p. >= {1 - self.alpha:.0%}")
+            lines.append(f"  {g.name}: {g.sampled:,} of {g.size:,}, {what}")
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines() + [f"cost: {self.evaluations:,} loss evaluations "
+                                         "(+ about 10 for the noise estimate)"])
+
+    def to_dict(self) -> dict:
+        return {"sampled": self.sampled, "alpha": self.alpha, "caught_from": self.caught_from,
+                "evaluations": self.evaluations, "groups": [g.to_dict() for g in self.groups]}
+
+
+def _share(count: int, size: int) -> str:
+    return f"{count:,} ({count / size:.2%})"
+
+
+def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, seed=None,
+                       alpha: float | None = None) -> Coverage:
+    """Stratified sample of flat coordinates: ``sample=k`` (int or fraction of n) or
+    ``detect=(p, alpha)`` (k per group for a bug touching a fraction p caught w.p. ≥ 1 − alpha).
+    """
+    sizes = [g.size for g in layout.groups]
+    if detect is not None:
+        fraction, alpha = _check_detect(detect)
+        counts = [sample_size_for(size, fraction, alpha) for size in sizes]
+    else:
+        counts = allocate(sizes, _budget(sample, layout.size))
+    alpha = ALPHA if alpha is None else alpha
+    rng = np.random.default_rng(seed)
+    chosen = [group.offset + np.sort(rng.choice(group.size, size=count, replace=False))
+              for group, count in zip(layout.groups, counts)]
+    groups = [GroupCoverage(g.name, g.size, count, smallest_caught(g.size, count, alpha))
+              for g, count in zip(layout.groups, counts)]
+    return Coverage(np.concatenate(chosen).astype(np.int64), groups, alpha)
+
+
+def _budget(sample, size: int) -> int:
+    if isinstance(sample, bool):
+        raise InputError(f"sample must be an int or a fraction, got {sample!r}")
+    if isinstance(sample, (int, np.integer)):
+        if sample < 1:
+            raise InputError(f"sample must be at least 1, got {sample}")
+        return min(int(sample), size)
+    if isinstance(sample, (float, np.floating)) and 0.0 < sample <= 1.0:
+        return max(1, round(sample * size))
+    raise InputError(f"sample must be a positive int or a fraction in (0, 1], got {sample!r}")
+
+
+def _check_detect(detect) -> tuple[float, float]:
+    try:
+        fraction, alpha = (float(v) for v in detect)
+    except (TypeError, ValueError):
+        raise InputError(f"detect must be a pair (p, alpha), got {detect!r}") from None
+    if not (0.0 < fraction <= 1.0 and 0.0 < alpha < 1.0):
+        raise InputError(f"detect=(p, alpha) needs 0 < p <= 1 and 0 < alpha < 1, got {detect!r}")
+    return fraction, alpha
