@@ -6,15 +6,30 @@
 
 from .api import assert_gradient, check, numerical_gradient
 from .errors import GradientCheckError, InputError, LossError
+from .monitor import GradientCheckWarning, Monitor
 from .report import Report
+from .sampling import Coverage, sample_coordinates
 
 __version__ = "0.1.0"
+
+
+def plan_sample(theta, *, sample=None, detect=None, seed=None) -> Coverage:
+    """Which coordinates ``check(theta=..., sample=/detect=, seed=)`` would check, what that
+    sample vouches for, and its cost in loss evaluations, without evaluating anything."""
+    from .parameters import ParameterLayout
+
+    layout, _ = ParameterLayout.from_theta(theta)
+    return sample_coordinates(layout, sample=sample, detect=detect, seed=seed)
 
 __all__ = [
     "check",
     "assert_gradient",
     "numerical_gradient",
     "Report",
+    "Monitor",
+    "GradientCheckWarning",
+    "Coverage",
+    "plan_sample",
     "GradientCheckError",
     "InputError",
     "LossError",

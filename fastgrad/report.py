@@ -142,14 +142,22 @@ def format_report(report: Report) -> str:
     if report.directions:
         failed = sum(d.failed for d in report.directions)
         lines.append(f"directions      {failed} of {len(report.directions)} random directions "
-                     f"disagree; a single coordinate off by |delta| >= {report.sensitivity:.2e} "
+                     f"disagree (h = {report.directions[0].step:.2e} * max(1, |theta_i|) * z_i); "
+                     f"a single coordinate off by |delta| >= {report.sensitivity:.2e} "
                      f"/ max(1, |theta_i|) is caught w.p. >= 95%")
     if report.localisation is not None:
         found = report.localisation
         named = ", ".join(found["coordinates"] + [f"{g} (dense)" for g in found["dense"]])
         lines.append(f"localised       {named or 'nothing'} in {found['evaluations']} loss "
                      f"evaluations{'' if found['complete'] else '; more may remain'}")
-    lines += [
+    if report.checked:
+        lines += _coordinate_tables(report)
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def _coordinate_tables(report: Report) -> list[str]:
+    return [
         "",
         _table(["group", "shape", "checked", "failed", "max |D - g|", "max score", "rel. error",
                 "verdict"],
@@ -163,8 +171,6 @@ def format_report(report: Report) -> str:
                  f"{c.error_estimate:.2e}", f"{c.score:.3g}", c.status]
                 for c in report.worst]),
     ]
-    lines += [f"note: {note}" for note in report.notes]
-    return "\n".join(lines)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

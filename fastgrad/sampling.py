@@ -136,25 +136,35 @@ class Coverage:
         return 2 * self.sampled
 
     @property
-    def caught_from(self) -> int:
+    def caught_from(self) -> int | None:
         """Overall: bugs touching ≥ this many coordinates anywhere are caught w.p. ≥ 1 − alpha.
 
-        From P(miss) ≤ (1 − f_min)^K, f_min the smallest sampled fraction.
+        From P(miss) ≤ (1 − f_min)^K, f_min the smallest sampled fraction; None when
+        a group is not sampled at all (a bug confined to it is never caught).
         """
         smallest = min(g.sampled / g.size for g in self.groups)
+        if smallest <= 0.0:
+            return None
         if smallest >= 1.0:
             return 1
         return math.ceil(math.log(self.alpha) / math.log1p(-smallest))
 
     def lines(self) -> list[str]:
         size = sum(g.size for g in self.groups)
-        lines = [f"sampled {self.sampled:,} of {size:,} coordinates: a bug touching at least "
-                 f"{_share(self.caught_from, size)} of them is caught with probability "
-                 f">= {1 - self.alpha:.0%}"]
+        if self.caught_from is None:
+            overall = "a group is not sampled: a bug confined to it cannot be caught"
+        else:
+            overall = (f"a bug touching at least {_share(self.caught_from, size)} of them is "
+                       f"caught with probability >= {1 - self.alpha:.0%}")
+        lines = [f"sampled {self.sampled:,} of {size:,} coordinates: {overall}"]
         for g in self.groups:
-            what = ("checked whole" if g.sampled == g.size else
-                    f"a bug touching >= {_share(g.caught_from, g.size)} of it is caught "
-                    f"w.p. >= {1 - self.alpha:.0%}")
+            if g.sampled == 0:
+                what = "not sampled"
+            elif g.sampled == g.size:
+                what = "checked whole"
+            else:
+                what = (f"a bug touching >= {_share(g.caught_from, g.size)} of it is caught "
+                        f"w.p. >= {1 - self.alpha:.0%}")
             lines.append(f"  {g.name}: {g.sampled:,} of {g.size:,}, {what}")
         return lines
 
@@ -177,18 +187,35 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
     ``detect=(p, alpha)`` (k per group for a bug touching a fraction p caught w.p. ≥ 1 − alpha).
     """
     sizes = [g.size for g in layout.groups]
+    if isinstance(sample, (np.ndarray, list, tuple)):
+        return coverage_of(layout, _explicit(sample, layout.size), ALPHA if alpha is None else alpha)
     if detect is not None:
         fraction, alpha = _check_detect(detect)
         counts = [sample_size_for(size, fraction, alpha) for size in sizes]
     else:
         counts = allocate(sizes, _budget(sample, layout.size))
-    alpha = ALPHA if alpha is None else alpha
     rng = np.random.default_rng(seed)
-    chosen = [group.offset + np.sort(rng.choice(group.size, size=count, replace=False))
+    chosen = [group.offset + rng.choice(group.size, size=count, replace=False)
               for group, count in zip(layout.groups, counts)]
-    groups = [GroupCoverage(g.name, g.size, count, smallest_caught(g.size, count, alpha))
+    return coverage_of(layout, np.concatenate(chosen), ALPHA if alpha is None else alpha)
+
+
+def coverage_of(layout: ParameterLayout, coords: np.ndarray, alpha: float = ALPHA) -> Coverage:
+    """The guarantee given by checking the flat coordinates ``coords`` (sorted here)."""
+    coords = np.sort(np.asarray(coords, dtype=np.int64))
+    counts = np.bincount(layout.group_index(coords), minlength=len(layout.groups))
+    groups = [GroupCoverage(g.name, g.size, int(count), smallest_caught(g.size, int(count), alpha))
               for g, count in zip(layout.groups, counts)]
-    return Coverage(np.concatenate(chosen).astype(np.int64), groups, alpha)
+    return Coverage(coords, groups, alpha)
+
+
+def _explicit(coords, size: int) -> np.ndarray:
+    array = np.asarray(coords)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise InputError("sample given as coordinates must be a non-empty 1-D array of ints")
+    if array.min() < 0 or array.max() >= size or np.unique(array).size != array.size:
+        raise InputError(f"sample coordinates must be distinct flat indices in [0, {size})")
+    return array.astype(np.int64)
 
 
 def _budget(sample, size: int) -> int:

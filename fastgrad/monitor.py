@@ -1,0 +1,148 @@
+"""Sampled gradient checks inside a training loop, on a schedule, at bounded cost.
+
+>>> mon = Monitor(loss, grad, every=100, sample=64, directions=2, seed=0, on_fail="warn")
+>>> for step in range(steps):
+...     mon.step(theta, args=(X_batch, y_batch))   # does nothing off schedule
+
+Each scheduled check takes the next coordinates of a rotation through every
+group, so that over ⌈N_g / k_g⌉ checks each coordinate of group g is checked
+once.  The rotation visits group g in the order j ↦ (a·j + b) mod N_g with a
+random stride a coprime to N_g: a bijection that needs no O(n) permutation.
+The gradient's correctness does not depend on the batch: passing a few samples
+of the batch as ``args`` makes each check cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .api import check
+from .errors import InputError
+from .parameters import ParameterLayout
+from .report import Report
+from .sampling import allocate
+
+
+class GradientCheckWarning(UserWarning):
+    """A monitored gradient check failed (``on_fail="warn"``)."""
+
+
+@dataclass(frozen=True)
+class _Rotation:
+    """Group g's coordinates in the order offset + (stride·j + shift) mod size."""
+
+    offset: int
+    size: int
+    stride: int
+    shift: int
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        j = np.arange(start, start + count, dtype=np.int64) % self.size
+        return self.offset + (self.stride * j + self.shift) % self.size
+
+
+def _coprime_stride(size: int, rng: np.random.Generator) -> int:
+    if size <= 2:
+        return 1
+    while True:
+        stride = int(rng.integers(1, size))
+        if math.gcd(stride, size) == 1:
+            return stride
+
+
+class Monitor:
+    """Checks the gradient every ``every`` calls of :meth:`step`, on a rotating sample.
+
+    Parameters
+    ----------
+    loss, grad
+        As for :func:`fastgrad.check`; ``grad`` is usually a callable ``grad(theta, *args)``.
+    every : int
+        Check on calls 0, every, 2·every, ...
+    sample : int
+        Coordinates per check, stratified over the groups like ``check(sample=...)``.
+    directions : int
+        Random directions per check (0 for none).
+    seed : int, optional
+        Seed of the rotation and the directions.
+    on_fail : "warn", "raise" or callable
+        What to do with a failing report: warn (GradientCheckWarning), raise
+        AssertionError with the report, or call ``on_fail(report)``.
+    **options
+        Passed to :func:`fastgrad.check` (``eps``, ``workers``, ``engine``).
+    """
+
+    def __init__(self, loss: Callable, grad, *, every: int = 100, sample: int = 64,
+                 directions: int = 2, seed: int | None = None,
+                 on_fail: str | Callable[[Report], object] = "warn", **options):
+        if not isinstance(every, (int, np.integer)) or every < 1:
+            raise InputError(f"every must be a positive integer, got {every!r}")
+        if not isinstance(sample, (int, np.integer)) or sample < 1:
+            raise InputError(f"sample must be a positive integer, got {sample!r}")
+        if on_fail not in ("warn", "raise") and not callable(on_fail):
+            raise InputError(f"on_fail must be 'warn', 'raise' or a callable, got {on_fail!r}")
+        self.loss, self.grad = loss, grad
+        self.every, self.sample, self.directions = int(every), int(sample), int(directions)
+        self.on_fail = on_fail
+        self.options = options
+        self.rng = np.random.default_rng(seed)
+        self.calls = 0
+        self.seconds = 0.0  # spent in checks
+        self.history: list[dict] = []
+        self._rotations: list[_Rotation] | None = None
+        self._counts: list[int] = []
+        self._checks = 0
+
+    def step(self, theta, args=()) -> Report | None:
+        """Check on schedule and return the report; otherwise do nothing and return None."""
+        call = self.calls
+        self.calls += 1
+        if call % self.every:
+            return None
+        started = time.perf_counter()
+        coords = self._next_coordinates(theta)
+        report = check(self.loss, self.grad, theta, args, sample=coords,
+                       directions=self.directions or None,
+                       seed=int(self.rng.integers(2**63)), **self.options)
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
+        self.history.append(self._summary(call, report, elapsed))
+        if not report.passed:
+            self._fail(report)
+        return report
+
+    def _next_coordinates(self, theta) -> np.ndarray:
+        if self._rotations is None:
+            layout, _ = ParameterLayout.from_theta(theta)
+            self._rotations = [_Rotation(g.offset, g.size, _coprime_stride(g.size, self.rng),
+                                         int(self.rng.integers(g.size))) for g in layout.groups]
+            self._counts = allocate([g.size for g in layout.groups], self.sample)
+        start = self._checks
+        self._checks += 1
+        return np.concatenate([rotation.take(start * count, count)
+                               for rotation, count in zip(self._rotations, self._counts)])
+
+    @staticmethod
+    def _summary(call: int, report: Report, seconds: float) -> dict:
+        return {"step": call, "verdict": report.verdict, "relative_error": report.relative_error,
+                "checked": report.checked, "failed": report.failed,
+                "directions_failed": sum(d.failed for d in report.directions),
+                "evaluations": report.evaluations, "seconds": seconds,
+                "worst": report.worst[0].label if report.worst else None}
+
+    def _fail(self, report: Report) -> None:
+        if self.on_fail == "raise":
+            raise AssertionError("\n" + str(report))
+        if self.on_fail == "warn":
+            worst = report.worst[0].label if report.worst else "a direction"
+            warnings.warn(f"gradient check failed at step {self.history[-1]['step']}: "
+                          f"{report.failed} coordinate(s) disagree, worst {worst}",
+                          GradientCheckWarning, stacklevel=3)
+        else:
+            self.on_fail(report)
