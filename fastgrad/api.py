@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import analysis
-from .engine import Engine, make_engine
-from .errors import InputError
+from .derivatives import (Context, analysis_offsets, central, check_method,
+                          coordinate_derivatives, default_relative_step, stencil)
 from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
+from .engine import Engine, make_engine
+from .errors import InputError, LossError
 from .noise import estimate_noise
 from .parameters import ParameterLayout
-from .plan import CENTRAL, CENTRAL_DOUBLE, Plan, directional_relative_step
+from .plan import Plan, directional_relative_step
 from .report import Report, build_report
 from .sampling import sample_coordinates
 
@@ -31,18 +33,19 @@ LOCALISATION_PER_HALVING = 10
 LOCALISATION_EXTRA = 100
 
 
-def check(loss: Callable, grad, theta, args=(), *, eps: float | None = None,
-          workers: int | None = None, engine: str = "auto", sample=None,
-          detect: tuple[float, float] | None = None, directions: int | None = None,
-          seed=None, progress: Callable[[int], None] | None = None) -> Report:
-    """Compare an analytic gradient with central differences of the loss, coordinate by coordinate.
+def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
+          eps: float | None = None, dtype=None, workers: int | None = None,
+          engine: str = "auto", sample=None, detect: tuple[float, float] | None = None,
+          directions: int | None = None, seed=None,
+          progress: Callable[[int], None] | None = None) -> Report:
+    """Compare an analytic gradient with finite differences of the loss, coordinate by coordinate.
 
     Parameters
     ----------
     loss : callable
         ``loss(theta, *args) -> float``.  A Numba ``@njit`` loss runs in compiled
         chunk kernels on ``workers`` threads and receives theta's array (the flat
-        float64 vector when theta is a dict); any other callable receives theta's
+        vector when theta is a dict); any other callable receives theta's
         structure (a dict of views for a dict theta).
     grad : array, dict of arrays, or callable
         The analytic gradient in theta's structure, or ``grad(theta, *args)``.
@@ -50,16 +53,24 @@ def check(loss: Callable, grad, theta, args=(), *, eps: float | None = None,
         The point of the check.  Never modified.
     args : tuple
         Extra arguments of loss (and of grad when it is callable).
+    method : {"central", "central4", "complex"}
+        Central differences (2 evaluations per coordinate), the fourth-order
+        4-point stencil (4), or the complex step (1 complex evaluation; the loss
+        must accept complex input).
     eps : float, optional
-        Relative step h0: h_i = h0·max(1, |θ_i|).  Default ∛u (≈ 6.1e-6 in float64);
-        ``eps=1e-7`` reproduces the classic recipe.
+        Relative step h0: h_i = h0·max(1, |θ_i|).  Default by method and dtype:
+        ∛u (≈ 6.1e-6 in float64) for "central"; ``eps=1e-7`` is the classic recipe.
+    dtype : {None, "float64"}
+        Evaluate in this precision (e.g. a float32 theta in float64); default:
+        theta's own (float32 stays float32, with float32 steps and tolerances).
     workers : int, optional
         Threads for a compiled loss (default: every core), 1 for a Python loss.
     engine : {"auto", "numba", "python"}
         Force the plain-Python path with "python" (e.g. to compare engines).
-    sample : int or float, optional
-        Check k coordinates (or a fraction of n) drawn without replacement,
-        stratified over the groups; the report states what the sample could miss.
+    sample : int, float or array of ints, optional
+        Check k coordinates (or a fraction of n, or these flat indices) drawn
+        without replacement, stratified over the groups; the report states what
+        the sample could miss.
     detect : (p, alpha), optional
         Instead of ``sample``: per group, the smallest sample that catches a bug
         touching a fraction p of the group with probability >= 1 - alpha.
@@ -79,7 +90,8 @@ def check(loss: Callable, grad, theta, args=(), *, eps: float | None = None,
     """
     started = time.perf_counter()
     args = _as_args(args)
-    layout, theta_flat = ParameterLayout.from_theta(theta)
+    method = check_method(method)
+    layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
     seeds = np.random.SeedSequence(seed)
     sampled_rng, directions_rng = (np.random.default_rng(s) for s in seeds.spawn(2))
     coverage = None
@@ -88,24 +100,30 @@ def check(loss: Callable, grad, theta, args=(), *, eps: float | None = None,
             raise InputError("give sample= or detect=, not both")
         coverage = sample_coordinates(layout, sample=sample, detect=detect, seed=sampled_rng)
     directions = _check_directions(directions)
-    analytic = _analytic_gradient(grad, theta, theta_flat, layout, args)
+    analytic, analytic_eps = _analytic_gradient(grad, theta_flat, layout, args)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     run.progress = progress
+    f0 = run.at(theta_flat)
     noise = estimate_noise(run.at, theta_flat, rng=np.random.default_rng(NOISE_SEED))
+    require_same(f0, noise.f0, layout.dtype, "twice in a row")
+    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     if coverage is not None:
-        plan = Plan.for_coords(theta_flat, coverage.coords, eps)
+        coords = coverage.coords
     elif directions:
-        plan = Plan.for_coords(theta_flat, np.empty(0, dtype=np.int64), eps)
+        coords = np.empty(0, dtype=np.int64)
     else:
-        plan = Plan.full(theta_flat, eps)
-    coordinates = _derivatives(run, plan, theta_flat, analytic[plan.coords], noise.sigma,
-                               layout.dtype)
+        coords = np.arange(layout.size, dtype=np.int64)
+    plan = Plan.for_coords(theta_flat, coords, relative_step)
+    context = _context(run, method, theta_flat, analytic, analytic_eps, noise, layout, args,
+                       loss, engine, workers, progress)
+    coordinates = coordinate_derivatives(context, plan, method)
     directional = None
     if directions:
-        directional = _directional(run, layout, plan, theta_flat, analytic, noise.sigma,
-                                   directions, directions_rng, eps)
+        directional = _directional(context, layout, directions, directions_rng, eps)
+    require_same(f0, run.at(theta_flat), layout.dtype, "at the start and at the end of the check")
     return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,
-                        seed=seeds.entropy, seconds=time.perf_counter() - started)
+                        method=method, seed=seeds.entropy,
+                        seconds=time.perf_counter() - started)
 
 
 def assert_gradient(loss: Callable, grad, theta, args=(), **options) -> Report:
@@ -116,15 +134,30 @@ def assert_gradient(loss: Callable, grad, theta, args=(), **options) -> Report:
     return report
 
 
-def numerical_gradient(loss: Callable, theta, args=(), *, eps: float | None = None,
-                       workers: int | None = None, engine: str = "auto"):
-    """Central differences (f(θ+h·e_i) − f(θ−h·e_i)) / 2h for every coordinate, in theta's structure."""
+def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central",
+                       eps: float | None = None, dtype=None, workers: int | None = None,
+                       engine: str = "auto"):
+    """The numerical gradient in theta's structure, by ``method`` (see :func:`check`).
+
+    "central" is (f(θ+h·e_i) − f(θ−h·e_i)) / 2h for every coordinate, as in the
+    classic recipe; no error estimate or second step is involved.
+    """
     args = _as_args(args)
-    layout, theta_flat = ParameterLayout.from_theta(theta)
+    method = check_method(method)
+    layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
-    run.at(theta_flat)  # a clear error before the kernels run, if the loss is unusable
-    plan = Plan.full(theta_flat, eps)
-    numerical, _ = _central(run, plan, theta_flat, CENTRAL)
+    f0 = run.at(theta_flat)  # a clear error before the kernels run, if the loss is unusable
+    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
+    plan = Plan.for_coords(theta_flat, np.arange(layout.size, dtype=np.int64), relative_step)
+    if method == "complex":
+        run = _complex_engine(loss, theta_flat, args, layout, engine, workers, None, f0)
+        values = theta_flat[plan.coords] + 1j * plan.steps
+        numerical = run.perturbed(plan.coords, values[:, None])[:, 0].imag / plan.steps
+    else:
+        losses, taken = stencil(run, plan, theta_flat, analysis_offsets(method))
+        numerical = central(losses[:, :2], taken[:, :2])
+        if method == "central4":
+            numerical = analysis.richardson(numerical, central(losses[:, 2:], taken[:, 2:]))
     return layout.structured(numerical)
 
 
@@ -137,62 +170,20 @@ def _as_args(args) -> tuple:
     raise InputError(f"args must be a tuple of extra loss arguments, got {type(args).__name__}")
 
 
-def _analytic_gradient(grad, theta, theta_flat: np.ndarray, layout: ParameterLayout,
-                       args: tuple) -> np.ndarray:
-    """The analytic gradient as a flat float64 vector, validated against theta."""
+def _analytic_gradient(grad, theta_flat: np.ndarray, layout: ParameterLayout,
+                       args: tuple) -> tuple[np.ndarray, float]:
+    """The analytic gradient as a flat float64 vector, validated against theta, and the
+    machine epsilon of the coarsest precision it was given in (float64 for integers)."""
+    what = "grad"
     if callable(grad) and not isinstance(grad, (np.ndarray, Mapping)):
         grad = grad(layout.structured(theta_flat.copy()), *args)
-        return layout.flatten_like(grad, "grad(theta, *args)")
-    return layout.flatten_like(grad, "grad")
-
-
-def _central(run: Engine, plan: Plan, theta: np.ndarray, offsets):
-    """Central differences at ``offsets`` (±h or ±2h); returns D and the offsets taken."""
-    values = plan.points(theta, offsets)
-    losses = run.perturbed(plan.coords, values)
-    taken = plan.taken(theta, values)
-    numerical = analysis.central_difference(losses[:, 0], losses[:, 1], taken[:, 0], taken[:, 1])
-    return numerical, (losses, taken)
-
-
-def _rounding(sigma: float, losses: np.ndarray, taken: np.ndarray, dtype) -> np.ndarray:
-    noise = analysis.evaluation_noise(sigma, losses[:, 0], losses[:, 1], dtype)
-    return analysis.rounding_std(noise, taken[:, 0], taken[:, 1])
-
-
-@dataclass
-class CoordinateChecks:
-    """Numerical derivatives at a plan's coordinates and their allowed errors z·r + t."""
-
-    numerical: np.ndarray
-    error: np.ndarray
-    refined: np.ndarray  # rows re-evaluated at 2h
-
-
-def _derivatives(run: Engine, plan: Plan, theta: np.ndarray, analytic: np.ndarray,
-                 sigma: float, dtype) -> CoordinateChecks:
-    """Numerical derivatives and their allowed errors z·r + t at the plan's coordinates.
-
-    First pass: central differences at h, allowed error z·r (truncation unknown).
-    Coordinates that disagree are evaluated again at 2h: the Richardson value
-    R = (4·D(h) − D(2h))/3 replaces D, with truncation estimate t = |D(h) − R|,
-    so a disagreement caused by the finite difference itself is not a failure.
-    """
-    multiplier = analysis.noise_multiplier(len(plan))
-    numerical, (losses, taken) = _central(run, plan, theta, CENTRAL)
-    rounding = _rounding(sigma, losses, taken, dtype)
-    error = multiplier * rounding
-    refined = np.flatnonzero(np.abs(numerical - analytic) > error)
-    if refined.size:
-        again = plan.subset(refined)
-        doubled, (losses2, taken2) = _central(run, again, theta, CENTRAL_DOUBLE)
-        extrapolated = analysis.richardson(numerical[refined], doubled)
-        rounding_r = analysis.richardson_rounding_std(rounding[refined],
-                                                      _rounding(sigma, losses2, taken2, dtype))
-        truncation = np.abs(numerical[refined] - extrapolated)
-        numerical[refined] = extrapolated
-        error[refined] = multiplier * rounding_r + truncation
-    return CoordinateChecks(numerical, error, refined)
+        what = "grad(theta, *args)"
+    flat = layout.flatten_like(grad, what)
+    arrays = grad.values() if isinstance(grad, Mapping) else [grad]
+    precision = max(float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating)
+                    else float(np.finfo(np.float64).eps)
+                    for dtype in (np.asarray(array).dtype for array in arrays))
+    return flat, precision
 
 
 def _check_directions(directions) -> int:
@@ -204,21 +195,82 @@ def _check_directions(directions) -> int:
     return int(directions)
 
 
-def _directional(run: Engine, layout: ParameterLayout, plan: Plan, theta: np.ndarray,
-                 analytic: np.ndarray, sigma: float, count: int, rng: np.random.Generator,
-                 eps: float | None) -> DirectionalChecks:
+def _context(run: Engine, method: str, theta: np.ndarray, analytic: np.ndarray,
+             analytic_eps: float, noise, layout: ParameterLayout, args: tuple, loss,
+             engine: str, workers, progress) -> Context:
+    complex_run = None
+    if method == "complex":
+        complex_run = _complex_engine(loss, theta, args, layout, engine, workers, progress,
+                                      noise.f0)
+    return Context(run, theta, analytic, noise.sigma, noise.f0, layout.dtype, analytic_eps,
+                   float(np.abs(analytic).max()), complex_run)
+
+
+def _complex_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout, engine: str,
+                    workers, progress, f0: float) -> Engine:
+    """An engine over complex θ, once the loss has shown it carries the imaginary part.
+
+    At θ + i·h·v (v random, h tiny), Im f / h must be the derivative along v: a loss
+    that raises on complex input, or returns Im f = 0 where the real central
+    difference along v is not 0 (abs, real parts, comparisons, float()), cannot be
+    checked by the complex step.
+    """
+    advice = "use method='central' (or 'central4') for this loss"
+    run = make_engine(loss, theta.astype(np.complex128), args, layout, engine, workers)
+    run.progress = progress
+    direction = np.random.default_rng(NOISE_SEED).standard_normal(theta.size)
+    step = default_relative_step("complex", theta.dtype)
+    try:
+        value = run.at(theta + 1j * step * direction, "at a complex point", complex_ok=True)
+    except (InputError, LossError) as error:
+        raise InputError(f"method='complex' needs a loss that accepts complex input, and this "
+                         f"one does not ({error}); {advice}") from error
+    if value.imag == 0.0:
+        real_step = default_relative_step("central", theta.dtype)
+        plus = run.at(theta + real_step * direction, complex_ok=True).real
+        minus = run.at(theta - real_step * direction, complex_ok=True).real
+        if plus != minus:
+            raise InputError("method='complex': the loss drops the imaginary part of its input "
+                             "(through abs, real parts, comparisons or a conversion to float), "
+                             f"so Im f(theta + ih) is 0 although f varies; {advice}")
+    if abs(value.real - f0) > math.sqrt(np.finfo(np.float64).eps) * max(abs(f0), 1.0):
+        raise InputError(f"method='complex': Re f(theta + ih) = {value.real!r} differs from "
+                         f"f(theta) = {f0!r}; {advice}")
+    return run
+
+
+def require_same(first: float, second: float, dtype, when: str) -> None:
+    """Two evaluations of f at θ must agree to within rounding (relative √u).
+
+    A deterministic loss repeats itself to the bit, or, with a reduction whose order
+    varies, to within a few units of rounding; dropout or an unseeded random generator
+    moves it far more.
+    """
+    tolerance = math.sqrt(float(np.finfo(dtype).eps)) * max(abs(first), abs(second))
+    if abs(first - second) > tolerance:
+        raise LossError(f"the loss is not deterministic: f(theta) was {first!r} and {second!r} "
+                        f"{when} (difference {second - first:.3e}); dropout or an unseeded "
+                        "random generator? Fix its seed for the check.")
+
+
+def _directional(context: Context, layout: ParameterLayout, count: int,
+                 rng: np.random.Generator, eps: float | None) -> DirectionalChecks:
     """Gaussian directional tests; if one fails, localise by group testing."""
-    step = directional_relative_step(theta.dtype) if eps is None else plan.relative_step
-    tester = DirectionalTester(run, theta, analytic, sigma, step, analysis.noise_multiplier(count))
+    theta, run = context.theta, context.run
+    step = directional_relative_step(theta.dtype) if eps is None else eps
+    tester = DirectionalTester(run, theta, context.analytic, context.sigma, step,
+                               analysis.noise_multiplier(count))
     results = run_directions(tester, count, rng)
     checks = DirectionalChecks(results, tester.sensitivity(results))
     if any(result.failed for result in results):
+        coordinate_step = default_relative_step("central", theta.dtype) if eps is None else eps
+
         def confirm(coordinate: int) -> tuple[bool, int]:
-            single = Plan.for_coords(theta, [coordinate], eps)
+            single = Plan.for_coords(theta, [coordinate], coordinate_step)
             before = run.evaluations
-            found = _derivatives(run, single, theta, analytic[single.coords], sigma, layout.dtype)
+            found = coordinate_derivatives(context, single, "central")
             checks.confirmed[coordinate] = (float(found.numerical[0]), float(found.error[0]))
-            disagrees = abs(found.numerical[0] - analytic[coordinate]) > found.error[0]
+            disagrees = abs(found.numerical[0] - context.analytic[coordinate]) > found.error[0]
             return bool(disagrees), run.evaluations - before
 
         budget = LOCALISATION_PER_HALVING * math.ceil(math.log2(max(layout.size, 2))) \

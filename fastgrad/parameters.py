@@ -72,8 +72,12 @@ class ParameterLayout:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_theta(cls, theta) -> tuple[ParameterLayout, np.ndarray]:
-        """Validate ``theta`` and return its layout and a flat working copy."""
+    def from_theta(cls, theta, dtype=None) -> tuple[ParameterLayout, np.ndarray]:
+        """Validate ``theta`` and return its layout and a flat working copy.
+
+        The working dtype is float32 when every group is float32, else float64;
+        ``dtype`` ("float32" or "float64") overrides it.
+        """
         if isinstance(theta, Mapping):
             if not theta:
                 raise InputError("theta is an empty dict: there is nothing to check")
@@ -93,7 +97,13 @@ class ParameterLayout:
                 raise InputError(f"{what} is empty (shape {array.shape}): there is nothing to check")
             groups.append(Group(name, tuple(array.shape), offset))
             offset += array.size
-        layout = cls(tuple(groups), is_dict, _working_dtype(a.dtype for _, a in items))
+        if dtype is None:
+            working = _working_dtype(a.dtype for _, a in items)
+        elif np.dtype(dtype) in (np.float32, np.float64):
+            working = np.dtype(dtype)
+        else:
+            raise InputError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+        layout = cls(tuple(groups), is_dict, working)
         flat = layout._concatenate([a for _, a in items])
         layout.require_finite(flat, "theta")
         return layout, flat

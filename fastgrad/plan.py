@@ -19,17 +19,6 @@ import numpy as np
 
 from .errors import InputError
 
-#: Offsets of the central difference, in units of the step: θ_i + h and θ_i − h.
-CENTRAL = (1.0, -1.0)
-#: The same at twice the step, used to estimate the truncation error (Richardson).
-CENTRAL_DOUBLE = (2.0, -2.0)
-
-
-def default_relative_step(dtype) -> float:
-    """h0 = ∛u, the relative step that minimises the central difference's total error."""
-    return float(np.finfo(dtype).eps) ** (1.0 / 3.0)
-
-
 def directional_relative_step(dtype) -> float:
     """h0 = u^(1/5) for directional checks: the step that minimises the error of the
     Richardson value (4·D(h) − D(2h))/3, which judges a direction whenever D(h) is in doubt.
@@ -55,14 +44,10 @@ class Plan:
     relative_step: float
 
     @classmethod
-    def full(cls, theta: np.ndarray, eps: float | None = None) -> Plan:
-        """Every coordinate of the flat vector ``theta``."""
-        return cls.for_coords(theta, np.arange(theta.size, dtype=np.int64), eps)
-
-    @classmethod
-    def for_coords(cls, theta: np.ndarray, coords, eps: float | None = None) -> Plan:
+    def for_coords(cls, theta: np.ndarray, coords, relative_step: float) -> Plan:
+        """The flat coordinates ``coords`` of ``theta``, at steps h0·max(1, |θ_i|)."""
         coords = np.asarray(coords, dtype=np.int64)
-        relative_step = default_relative_step(theta.dtype) if eps is None else _check_eps(eps)
+        relative_step = check_eps(relative_step)
         return cls(coords, nominal_steps(theta[coords], relative_step), relative_step)
 
     def __len__(self) -> int:
@@ -71,7 +56,7 @@ class Plan:
     def subset(self, rows: np.ndarray) -> Plan:
         return Plan(self.coords[rows], self.steps[rows], self.relative_step)
 
-    def points(self, theta: np.ndarray, offsets=CENTRAL) -> np.ndarray:
+    def points(self, theta: np.ndarray, offsets) -> np.ndarray:
         """values[j, q] = θ_{c_j} + offsets[q]·h_j, rounded to theta's dtype: shape (k, len(offsets))."""
         base = theta[self.coords].astype(np.float64)
         values = base[:, None] + np.multiply.outer(self.steps, np.asarray(offsets, dtype=np.float64))
@@ -90,7 +75,7 @@ class Plan:
         return values.astype(np.float64) - theta[self.coords].astype(np.float64)[:, None]
 
 
-def _check_eps(eps) -> float:
+def check_eps(eps) -> float:
     try:
         value = float(eps)
     except (TypeError, ValueError):

@@ -28,7 +28,7 @@ class CoordinateResult:
     difference: float  # numerical − analytic
     error_estimate: float  # z·r + t, the largest |difference| a correct gradient should show
     score: float  # |difference| / error_estimate
-    status: str  # "ok" or "fail"
+    status: str  # "ok", "fail", or "kink" (agrees with a one-sided derivative at a kink)
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "index": list(self.index)}
@@ -72,6 +72,8 @@ class Report:
     workers: int
     dtype: str
     relative_step: float
+    method: str
+    kinks: int  # coordinates whose disagreement a kink explains
     noise: float
     noise_detected: bool
     refined: int  # coordinates re-evaluated at a second step
@@ -133,7 +135,8 @@ def format_report(report: Report) -> str:
         f"{report.evaluations:,} loss evaluations, {report.seconds:.2f} s "
         f"({report.engine}, {report.workers} worker{'s' if report.workers != 1 else ''}, "
         f"{report.dtype})",
-        f"steps           h = {report.relative_step:.2e} * max(1, |theta_i|); loss noise "
+        f"method          {report.method}, h = {report.relative_step:.2e} * max(1, |theta_i|); "
+        f"loss noise "
         f"{report.noise:.2e}{'' if report.noise_detected else ' (not measured: bound used)'}; "
         f"allowed |D - g| = {report.multiplier:.1f} * rounding + truncation",
     ]
@@ -150,6 +153,10 @@ def format_report(report: Report) -> str:
         named = ", ".join(found["coordinates"] + [f"{g} (dense)" for g in found["dense"]])
         lines.append(f"localised       {named or 'nothing'} in {found['evaluations']} loss "
                      f"evaluations{'' if found['complete'] else '; more may remain'}")
+    if report.kinks:
+        lines.append(f"kinks           {report.kinks:,} coordinate(s) sit at a kink (ReLU, max, abs): "
+                     "their central difference straddles it, and the analytic value matches "
+                     "a one-sided derivative")
     if report.checked:
         lines += _coordinate_tables(report)
     lines += [f"note: {note}" for note in report.notes]
@@ -209,10 +216,12 @@ def group_results(layout: ParameterLayout, coords, numerical, analytic, score) -
     return results
 
 
-def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, error, score,
+def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, error, score, kink,
                       count: int = WORST_SHOWN) -> list[CoordinateResult]:
-    """The ``count`` coordinates with the highest score, highest first."""
+    """The ``count`` coordinates with the highest score, highest first, then the kinks."""
     order = np.argsort(-score, kind="stable")[:count]
+    kinked = np.flatnonzero(kink)
+    order = np.concatenate([order, kinked[~np.isin(kinked, order)][:count]])
     results = []
     for row in order:
         group, index = layout.multi_index(int(coords[row]))
@@ -221,16 +230,16 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
             analytic=float(analytic[row]), numerical=float(numerical[row]),
             difference=float(numerical[row] - analytic[row]),
             error_estimate=float(error[row]), score=float(score[row]),
-            status="fail" if score[row] > 1.0 else "ok",
+            status="fail" if score[row] > 1.0 else ("kink" if kink[row] else "ok"),
         ))
     return results
 
 
 def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.ndarray, noise,
-                 run, directional, coverage, *, seed, seconds: float) -> Report:
+                 run, directional, coverage, *, method: str, seed, seconds: float) -> Report:
     """Judge the checks and assemble the report."""
     coords = plan.coords
-    numerical, error = coordinates.numerical, coordinates.error
+    numerical, error, kink = coordinates.numerical, coordinates.error, coordinates.kink
     analytic = analytic_flat[coords]
     if directional is not None and directional.confirmed:  # coordinates named by localisation
         extra = np.array([c for c in directional.confirmed if c not in set(coords.tolist())],
@@ -238,6 +247,7 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
         coords = np.concatenate([coords, extra])
         numerical = np.concatenate([numerical, [directional.confirmed[c][0] for c in extra]])
         error = np.concatenate([error, [directional.confirmed[c][1] for c in extra]])
+        kink = np.concatenate([kink, np.zeros(extra.size, dtype=bool)])
         analytic = analytic_flat[coords]
     score = analysis.disagreement(numerical, analytic, error)
     failed = int((score > 1.0).sum())
@@ -267,11 +277,11 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
         verdict=verdict, relative_error=relative, size=layout.size, checked=int(coords.size),
         failed=failed, evaluations=run.evaluations, seconds=seconds, engine=run.name,
         workers=run.workers, dtype=str(layout.dtype), relative_step=plan.relative_step,
-        noise=float(noise.sigma), noise_detected=bool(noise.detected),
+        method=method, kinks=int(kink.sum()), noise=float(noise.sigma), noise_detected=bool(noise.detected),
         refined=int(coordinates.refined.size),
         multiplier=analysis.noise_multiplier(len(plan)),
         groups=group_results(layout, coords, numerical, analytic, score),
-        worst=worst_coordinates(layout, coords, numerical, analytic, error, score),
+        worst=worst_coordinates(layout, coords, numerical, analytic, error, score, kink),
         numerical=layout.structured(numerical_full),
         analytic=layout.structured(analytic_flat.copy()),
         notes=notes, seed=seed, coverage=coverage, directions=directions,

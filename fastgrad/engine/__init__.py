@@ -62,11 +62,12 @@ class Engine:
     def name(self) -> str:
         return self.evaluator.name
 
-    def at(self, point: np.ndarray, where: str = "at theta") -> float:
-        """f(point) as a float; the loss must return a finite real scalar."""
+    def at(self, point: np.ndarray, where: str = "at theta", complex_ok: bool = False):
+        """f(point) as a float (or a complex with ``complex_ok``); the loss must return a
+        finite scalar and leave its input alone."""
         started = time.perf_counter()
         try:
-            value = self.evaluator.at(point)
+            value, given = self.evaluator.at(point)
         except NumbaError as error:
             raise InputError(f"the compiled loss cannot be called with these arguments: {error}"
                              ) from error
@@ -74,7 +75,11 @@ class Engine:
             raise LossError(f"the loss raised {type(error).__name__} {where}: {error}") from error
         self.seconds_per_evaluation = time.perf_counter() - started
         self.evaluations += 1
-        return _as_scalar(value, where)
+        changed = np.flatnonzero(given != np.asarray(point, dtype=given.dtype))
+        if changed.size:
+            raise LossError(f"the loss modifies its input: {self.layout.label(int(changed[0]))} "
+                            f"changed {where} (copy theta before writing to it)")
+        return _as_scalar(value, where, complex_ok)
 
     def perturbed(self, coords: np.ndarray, values: np.ndarray) -> np.ndarray:
         """out[j, q] = f(θ with θ[coords[j]] = values[j, q]), all finite, as float64."""
@@ -111,13 +116,13 @@ class Engine:
                         coordinate=coordinate, step=step) from error
 
 
-def _as_scalar(value, where: str) -> float:
+def _as_scalar(value, where: str, complex_ok: bool = False):
     if np.ndim(value) != 0:
         raise LossError(f"the loss must return a scalar; it returned shape {np.shape(value)} {where}")
-    if np.iscomplexobj(value):
+    if np.iscomplexobj(value) and not complex_ok:
         raise LossError(f"the loss returned a complex value {where}")
     try:
-        result = float(value)
+        result = complex(value) if complex_ok else float(value)
     except (TypeError, ValueError):
         raise LossError(f"the loss must return a real scalar, got {type(value).__name__} {where}"
                         ) from None

@@ -49,8 +49,9 @@ class Evaluator(ABC):
         return Workspace(self.theta, self.view)
 
     def at(self, point: np.ndarray):
-        """The raw return value of the loss at the flat ``point`` (evaluated on a copy)."""
-        return self.loss(self.view(np.array(point, dtype=self.theta.dtype)), *self.args)
+        """The raw return value of the loss at the flat ``point``, and the copy it was given."""
+        work = np.array(point, dtype=self.theta.dtype)
+        return self.loss(self.view(work), *self.args), work
 
     @abstractmethod
     def evaluate_chunk(self, workspace: Workspace, coords: np.ndarray, values: np.ndarray,

@@ -52,7 +52,7 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
     worker has stopped.
     """
     rows = coords.shape[0]
-    out = np.full(values.shape, np.nan, dtype=np.float64)
+    out = np.full(values.shape, np.nan, dtype=np.result_type(values.dtype, np.float64))
     starts = range(0, rows, rows_per_chunk)
     next_chunk = itertools.count()
     stop = threading.Event()

@@ -158,7 +158,7 @@ def _affine(A, W, b):
     through SciPy, so the demo runs with numpy and numba alone.
     """
     m, d = A.shape
-    out = np.empty((m, W.shape[1]))
+    out = np.empty((m, W.shape[1]), dtype=W.dtype)  # W's dtype: float32, float64 or complex
     for i in range(m):
         out[i, :] = b
         for k in range(d):
@@ -211,13 +211,18 @@ def loss(theta, X, Y):
     A1 = np.tanh(_affine(X, W1, b1))
     Z = _affine(A1, W2, b2)
 
-    total = 0.0
+    # Written generically: the same code runs on float32, float64 and complex theta
+    # (complex for the complex-step derivative), so no literal float accumulators and no
+    # comparisons of complex values: the shift is the entry with the largest real part,
+    # and log-sum-exp is exact for any shift.
+    total = Z[0, 0] * 0
     for i in range(m):
-        zmax = Z[i, 0]
+        top = 0
         for j in range(1, c):
-            if Z[i, j] > zmax:
-                zmax = Z[i, j]
-        s = 0.0
+            if Z[i, j].real > Z[i, top].real:
+                top = j
+        zmax = Z[i, top]
+        s = Z[i, top] * 0
         for j in range(c):
             s += np.exp(Z[i, j] - zmax)
         lse = zmax + np.log(s)

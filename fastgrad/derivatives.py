@@ -1,0 +1,211 @@
+"""Numerical derivatives of single coordinates, by method, each with its error estimate.
+
+``method`` is one of
+
+* ``"central"``: D(h) = (f(θ+h) − f(θ−h)) / 2h, 2 evaluations, error O(h²);
+* ``"central4"``: R = (4·D(h) − D(2h))/3 = (−f(θ+2h) + 8f(θ+h) − 8f(θ−h) + f(θ−2h))/12h,
+  4 evaluations, error O(h⁴);
+* ``"complex"``: Im f(θ + i·h) / h, 1 complex evaluation, no subtractive cancellation.
+
+Every value carries an allowed error z·r + t + a (rounding r, truncation t, and the
+analytic gradient's own rounding a; see :mod:`.analysis`).  A coordinate that
+disagrees at the first pass is evaluated at a second step: its truncation error
+is then estimated from the two, and the one-sided differences on either side
+tell a kink (ReLU, max, abs, hinge) from a wrong gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import analysis
+from .engine import Engine
+from .errors import InputError
+from .plan import Plan
+
+METHODS = ("central", "central4", "complex")
+
+#: Statuses of a checked coordinate.
+OK, FAIL, KINK = "ok", "fail", "kink"
+
+#: The complex step: h = COMPLEX_STEP·max(1, |θ_i|).  Any h below ~1e-8 is as good in
+#: float64 (the truncation h²·f'''/6 is then below rounding), and a tiny one also keeps
+#: θ + i·h within the analytic neighbourhood of θ.
+COMPLEX_STEP = 1e-20
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def default_relative_step(method: str, dtype) -> float:
+    """∛u for "central", u^(1/5) for "central4" (each balances its truncation with
+    rounding, Nocedal & Wright §8.1), COMPLEX_STEP for "complex"."""
+    if method == "complex":
+        return COMPLEX_STEP
+    order = 2 if method == "central" else 4
+    return float(np.finfo(dtype).eps) ** (1.0 / (order + 1))
+
+
+@dataclass
+class CoordinateChecks:
+    """Numerical derivatives at a plan's coordinates and their allowed errors."""
+
+    numerical: np.ndarray
+    error: np.ndarray
+    refined: np.ndarray  # rows evaluated at a second step
+    kink: np.ndarray  # bool: a kink explains the central difference's disagreement
+
+
+@dataclass
+class Context:
+    """What every method needs besides the plan: engine, point, gradient, noise."""
+
+    run: Engine
+    theta: np.ndarray
+    analytic: np.ndarray  # flat, every coordinate
+    sigma: float  # noise level of one loss evaluation
+    f0: float  # f(θ)
+    dtype: np.dtype  # working dtype of θ
+    analytic_eps: float  # machine epsilon of the analytic gradient's dtype
+    analytic_scale: float  # max |g| over all coordinates
+    complex_run: Engine | None = None  # evaluates at complex θ (method "complex")
+
+
+def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):
+    """Losses at θ_c + offsets·h (k × len(offsets)) and the offsets actually taken."""
+    values = plan.points(theta, offsets)
+    return run.perturbed(plan.coords, values), plan.taken(theta, values)
+
+
+def rounding(context: Context, losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """r = √2·σ_i / (a₊ − a₋) for a central pair."""
+    noise = analysis.evaluation_noise(context.sigma, losses[:, 0], losses[:, 1], context.dtype)
+    return analysis.rounding_std(noise, taken[:, 0], taken[:, 1])
+
+
+def central(losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    return analysis.central_difference(losses[:, 0], losses[:, 1], taken[:, 0], taken[:, 1])
+
+
+def analytic_allowance(context: Context, analytic: np.ndarray, multiplier: float) -> np.ndarray:
+    """a = z·u_g·(|g_i| + max|g|): the analytic gradient is itself rounded in its dtype."""
+    return multiplier * context.analytic_eps * (np.abs(analytic) + context.analytic_scale)
+
+
+def coordinate_derivatives(context: Context, plan: Plan, method: str) -> CoordinateChecks:
+    """Numerical derivatives at the plan's coordinates by ``method``, with allowed errors."""
+    multiplier = analysis.noise_multiplier(len(plan))
+    analytic = context.analytic[plan.coords]
+    allowance = analytic_allowance(context, analytic, multiplier)
+    if method == "complex":
+        return _complex(context, plan, multiplier, allowance)
+    near, near_taken = stencil(context.run, plan, context.theta, analysis_offsets(method))
+    numerical, rounding_std = _first_pass(context, method, near, near_taken)
+    error = multiplier * rounding_std + allowance
+    refined = np.flatnonzero(np.abs(numerical - analytic) > error)
+    kink = np.zeros(len(plan), dtype=bool)
+    if refined.size:
+        _refine(context, plan.subset(refined), method, refined, analytic[refined], near[refined],
+                near_taken[refined], numerical, rounding_std, error, kink, multiplier,
+                allowance[refined])
+    return CoordinateChecks(numerical, error, refined, kink)
+
+
+def analysis_offsets(method: str) -> tuple[float, ...]:
+    """First-pass offsets, in units of h."""
+    return (1.0, -1.0) if method == "central" else (1.0, -1.0, 2.0, -2.0)
+
+
+def _first_pass(context: Context, method: str, losses, taken):
+    """(value, rounding std) of the first pass."""
+    d_step = central(losses[:, :2], taken[:, :2])
+    r_step = rounding(context, losses[:, :2], taken[:, :2])
+    if method == "central":
+        return d_step, r_step
+    d_double = central(losses[:, 2:], taken[:, 2:])
+    r_double = rounding(context, losses[:, 2:], taken[:, 2:])
+    return (analysis.richardson(d_step, d_double),
+            analysis.richardson_rounding_std(r_step, r_double))
+
+
+def _refine(context: Context, again: Plan, method: str, rows, analytic, near, near_taken,
+            numerical, rounding_std, error, kink, multiplier, allowance) -> None:
+    """Second step for the disagreeing rows: truncation estimate, then kinks (in place)."""
+    far_offsets = (2.0, -2.0) if method == "central" else (4.0, -4.0)
+    far, far_taken = stencil(context.run, again, context.theta, far_offsets)
+    r_far = rounding(context, far, far_taken)
+    if method == "central":
+        first = numerical[rows]
+        better = analysis.richardson(first, central(far, far_taken))
+        truncation = np.abs(first - better)  # the error of D(h), an upper bound for R's
+        r_better = analysis.richardson_rounding_std(rounding_std[rows], r_far)
+        plus, minus = (near[:, 0], far[:, 0], near_taken[:, 0]), \
+                      (near[:, 1], far[:, 1], near_taken[:, 1])
+    else:
+        r_double = rounding(context, near[:, 2:], near_taken[:, 2:])
+        coarse = analysis.richardson(central(near[:, 2:], near_taken[:, 2:]),
+                                     central(far, far_taken))
+        better = numerical[rows]
+        truncation = np.abs(better - coarse) / 15.0  # R(h) − R(2h) ≈ 15·(error of R(h))
+        r_better = rounding_std[rows] + analysis.richardson_rounding_std(r_double, r_far) / 15.0
+        plus, minus = (near[:, 0], near[:, 2], near_taken[:, 0]), \
+                      (near[:, 1], near[:, 3], near_taken[:, 1])
+    numerical[rows] = better
+    error[rows] = multiplier * r_better + truncation + allowance
+    _kinks(context, rows, analytic, plus, minus, numerical, error, kink, multiplier, allowance)
+
+
+def one_sided(f0, f_near, f_far, offset):
+    """D = (−f(θ+2a) + 4·f(θ+a) − 3·f(θ)) / 2a, second order, on one side (a signed)."""
+    return (-f_far + 4.0 * f_near - 3.0 * f0) / (2.0 * offset)
+
+
+def _kinks(context: Context, rows, g, plus, minus, numerical, error, kink, multiplier,
+           allowance) -> None:
+    """Mark rows whose one-sided derivatives disagree as no smooth function's can, and
+    whose analytic value matches one of them: a kink, not a wrong gradient.
+
+    A one-sided value's allowed error is z·r + t with r = √26·σ/2|a| (its weights
+    −1, 4, −3) and t = |(f(θ+a) − f(θ))/a − D|, the first-order difference's distance:
+    O(a·f''), far above the O(a²) truncation of a smooth side, so smooth functions are
+    never called kinked.
+    """
+    sides = []
+    for f_near, f_far, offset in (plus, minus):
+        value = one_sided(context.f0, f_near, f_far, offset)
+        noise = analysis.evaluation_noise(context.sigma, f_near, f_far, context.dtype)
+        allowed = (multiplier * np.sqrt(26.0) * noise / (2.0 * np.abs(offset))
+                   + np.abs((f_near - context.f0) / offset - value) + allowance)
+        sides.append((value, allowed))
+    (right, right_error), (left, left_error) = sides
+    jump = np.abs(right - left) > right_error + left_error
+    still_failing = np.abs(numerical[rows] - g) > error[rows]
+    for value, allowed in sides:
+        explained = still_failing & jump & (np.abs(value - g) <= allowed)
+        numerical[rows[explained]] = value[explained]
+        error[rows[explained]] = allowed[explained]
+        kink[rows[explained]] = True
+        still_failing &= ~explained
+
+
+def _complex(context: Context, plan: Plan, multiplier: float, allowance) -> CoordinateChecks:
+    """D = Im f(θ + i·h·e_c) / h, allowed error z·(ρ·|D| + u·max|g|) + a, ρ = σ/|f(θ)|.
+
+    The complex step has no cancellation: its error is that of computing the
+    derivative itself, about the loss's relative noise ρ times the derivative.
+    """
+    values = context.theta[plan.coords] + 1j * plan.steps
+    losses = context.complex_run.perturbed(plan.coords, values[:, None])
+    numerical = losses[:, 0].imag / plan.steps
+    relative_noise = max(context.sigma / max(abs(context.f0), np.finfo(float).tiny),
+                         float(np.finfo(np.float64).eps))
+    rounding_std = (relative_noise * np.abs(numerical)
+                    + float(np.finfo(np.float64).eps) * context.analytic_scale)
+    error = multiplier * rounding_std + allowance
+    empty = np.empty(0, dtype=np.int64)
+    return CoordinateChecks(numerical, error, empty, np.zeros(len(plan), dtype=bool))
