@@ -8,6 +8,7 @@ from .api import assert_gradient, check, numerical_gradient
 from .errors import GradientCheckError, InputError, LossError
 from .monitor import GradientCheckWarning, Monitor
 from .report import Report
+from .scan import StepScan, step_scan
 from .sampling import Coverage, sample_coordinates
 
 __version__ = "0.1.0"
@@ -27,6 +28,8 @@ __all__ = [
     "numerical_gradient",
     "Report",
     "Monitor",
+    "step_scan",
+    "StepScan",
     "GradientCheckWarning",
     "Coverage",
     "plan_sample",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import analysis
-from .derivatives import (Context, analysis_offsets, central, check_method,
+from .derivatives import (Context, analysis_offsets, central, check_method, complex_step,
                           coordinate_derivatives, default_relative_step, stencil)
 from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
 from .engine import Engine, make_engine
@@ -151,8 +151,7 @@ def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central
     plan = Plan.for_coords(theta_flat, np.arange(layout.size, dtype=np.int64), relative_step)
     if method == "complex":
         run = _complex_engine(loss, theta_flat, args, layout, engine, workers, None, f0)
-        values = theta_flat[plan.coords] + 1j * plan.steps
-        numerical = run.perturbed(plan.coords, values[:, None])[:, 0].imag / plan.steps
+        numerical = complex_step(run, plan, theta_flat)
     else:
         losses, taken = stencil(run, plan, theta_flat, analysis_offsets(method))
         numerical = central(losses[:, :2], taken[:, :2])

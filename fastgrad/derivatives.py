@@ -167,30 +167,42 @@ def one_sided(f0, f_near, f_far, offset):
 
 def _kinks(context: Context, rows, g, plus, minus, numerical, error, kink, multiplier,
            allowance) -> None:
-    """Mark rows whose one-sided derivatives disagree as no smooth function's can, and
-    whose analytic value matches one of them: a kink, not a wrong gradient.
+    """Mark rows that a kink explains: the loss is not smooth within ±2h, and the analytic
+    value matches the one-sided derivative on one side.
 
-    A one-sided value's allowed error is z·r + t with r = √26·σ/2|a| (its weights
-    −1, 4, −3) and t = |(f(θ+a) − f(θ))/a − D|, the first-order difference's distance:
-    O(a·f''), far above the O(a²) truncation of a smooth side, so smooth functions are
-    never called kinked.
+    Smoothness test.  With S(a) = f(θ+a) − 2f(θ) + f(θ−a), a smooth f has
+    K = |S(2h)/2h − 2·S(h)/h| = h³·|f⁗|/2, next to nothing; a kink of slope jump J
+    at distance δ < 2h gives K ≈ |J|·|1 − 3δ/2h| (δ < h) or |J|·(1 − δ/2h)
+    (h ≤ δ < 2h).  K's rounding has standard deviation √(6/4 + 4·6)·σ/h ≈ 5σ/h.
+
+    One-sided value: D = (−f(θ+2a) + 4f(θ+a) − 3f(θ)) / 2a, allowed error
+    z·√26·σ/2|a| + |(f(θ+a) − f(θ))/a − D| (the first-order difference's distance,
+    O(a·f''), a generous bound on the O(a²) truncation of a smooth side).
     """
-    sides = []
+    (f_plus, f_plus2, step), (f_minus, f_minus2, _) = plus, minus
+    step = np.abs(step)
+    f0 = context.f0
+    sigma = analysis.evaluation_noise(context.sigma, f_plus, f_minus, context.dtype)
+    near = f_plus - 2.0 * f0 + f_minus
+    far = f_plus2 - 2.0 * f0 + f_minus2
+    not_smooth = np.abs(far / (2.0 * step) - 2.0 * near / step) > multiplier * 5.05 * sigma / step
+    still_failing = (np.abs(numerical[rows] - g) > error[rows]) & not_smooth
     for f_near, f_far, offset in (plus, minus):
-        value = one_sided(context.f0, f_near, f_far, offset)
+        value = one_sided(f0, f_near, f_far, offset)
         noise = analysis.evaluation_noise(context.sigma, f_near, f_far, context.dtype)
         allowed = (multiplier * np.sqrt(26.0) * noise / (2.0 * np.abs(offset))
-                   + np.abs((f_near - context.f0) / offset - value) + allowance)
-        sides.append((value, allowed))
-    (right, right_error), (left, left_error) = sides
-    jump = np.abs(right - left) > right_error + left_error
-    still_failing = np.abs(numerical[rows] - g) > error[rows]
-    for value, allowed in sides:
-        explained = still_failing & jump & (np.abs(value - g) <= allowed)
+                   + np.abs((f_near - f0) / offset - value) + allowance)
+        explained = still_failing & (np.abs(value - g) <= allowed)
         numerical[rows[explained]] = value[explained]
         error[rows[explained]] = allowed[explained]
         kink[rows[explained]] = True
         still_failing &= ~explained
+
+
+def complex_step(complex_run: Engine, plan: Plan, theta: np.ndarray) -> np.ndarray:
+    """D = Im f(θ + i·h·e_c) / h at the plan's coordinates (an engine over complex θ)."""
+    values = theta[plan.coords] + 1j * plan.steps
+    return complex_run.perturbed(plan.coords, values[:, None])[:, 0].imag / plan.steps
 
 
 def _complex(context: Context, plan: Plan, multiplier: float, allowance) -> CoordinateChecks:
@@ -199,9 +211,7 @@ def _complex(context: Context, plan: Plan, multiplier: float, allowance) -> Coor
     The complex step has no cancellation: its error is that of computing the
     derivative itself, about the loss's relative noise ρ times the derivative.
     """
-    values = context.theta[plan.coords] + 1j * plan.steps
-    losses = context.complex_run.perturbed(plan.coords, values[:, None])
-    numerical = losses[:, 0].imag / plan.steps
+    numerical = complex_step(context.complex_run, plan, context.theta)
     relative_noise = max(context.sigma / max(abs(context.f0), np.finfo(float).tiny),
                          float(np.finfo(np.float64).eps))
     rounding_std = (relative_noise * np.abs(numerical)

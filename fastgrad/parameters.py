@@ -165,6 +165,21 @@ class ParameterLayout:
         local = int(flat_index) - group.offset
         return group, tuple(int(k) for k in np.unravel_index(local, group.shape))
 
+    def index_of(self, label: str) -> int:
+        """The flat index of a label such as ``W2[3, 17]`` (inverse of :meth:`label`)."""
+        name, _, rest = label.partition("[")
+        name = name.strip()
+        groups = {g.name: g for g in self.groups}
+        if name not in groups or (rest and not rest.endswith("]")):
+            raise InputError(f"no coordinate {label!r}: groups are {list(groups)}")
+        group = groups[name]
+        try:
+            index = tuple(int(k) for k in rest[:-1].split(",")) if rest else ()
+            local = int(np.ravel_multi_index(index, group.shape)) if group.shape else 0
+        except ValueError:
+            raise InputError(f"no coordinate {label!r} in {name} of shape {group.shape}") from None
+        return group.offset + local
+
     def label(self, flat_index: int) -> str:
         """A coordinate's name: ``W2[3, 17]``, ``theta[5]``, or ``lr`` for a 0-d group."""
         group, index = self.multi_index(flat_index)

@@ -1,0 +1,123 @@
+"""``step_scan``: the error of a finite difference against its step, for a few coordinates.
+
+The error of a central difference is about σ/h + h²·|f'''|/6: rounding falls as
+the step grows, truncation rises, and on a log-log plot the two make a V whose
+bottom is the best step.  ``step_scan`` measures the V so that a user can see
+why a default step was chosen, and where it sits for their loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import analysis
+from .api import _analytic_gradient, _as_args, _complex_engine
+from .derivatives import (analysis_offsets, central, check_method, complex_step,
+                          default_relative_step, stencil)
+from .engine import make_engine
+from .errors import InputError
+from .parameters import ParameterLayout
+from .plan import Plan
+
+#: Relative steps scanned by default: 10^-14 to 10^-1, four per decade.
+DEFAULT_STEPS = np.logspace(-14, -1, 53)
+
+
+@dataclass(frozen=True)
+class StepScan:
+    """errors[j, s] = |D_j(steps[s]) − reference[j]| for coordinate labels[j]."""
+
+    labels: list[str]
+    steps: np.ndarray  # relative steps h0 (h = h0·max(1, |θ_i|))
+    numerical: np.ndarray  # (coordinates, steps)
+    reference: np.ndarray  # the analytic gradient, or the complex step / central4
+    reference_name: str
+    errors: np.ndarray
+    default_step: float
+    method: str
+
+    @property
+    def best_steps(self) -> np.ndarray:
+        """Per coordinate, the scanned step with the smallest error."""
+        return self.steps[np.argmin(self.errors, axis=1)]
+
+    def __str__(self) -> str:
+        default_row = int(np.argmin(np.abs(np.log(self.steps / self.default_step))))
+        best = np.argmin(self.errors, axis=1)
+        header = ["h0"] + self.labels
+        rows = []
+        for s, step in enumerate(self.steps):
+            cells = [f"{step:.1e}"]
+            for j in range(len(self.labels)):
+                mark = "*" if best[j] == s else " "
+                cells.append(f"{self.errors[j, s]:.2e}{mark}")
+            rows.append(cells + (["<- default"] if s == default_row else [""]))
+        widths = [max(len(r[i]) for r in [header + [""]] + rows) for i in range(len(header) + 1)]
+        lines = [f"|{self.method} difference - {self.reference_name}| against the relative "
+                 f"step h0 (* smallest per coordinate)"]
+        for cells in [header + [""]] + rows:
+            lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip())
+        return "\n".join(lines)
+
+
+def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
+              method: str = "central", engine: str = "auto", workers: int | None = None
+              ) -> StepScan:
+    """Scan the relative step for a few coordinates (flat indices or labels like "W1[0, 3]").
+
+    The reference is ``grad`` when given, else the complex step when the loss
+    accepts complex input, else "central4" at its default step.  Costs
+    len(steps)·len(coords)·(2 or 4) loss evaluations.
+    """
+    args = _as_args(args)
+    method = check_method(method)
+    if method == "complex":
+        raise InputError("step_scan compares finite differences: method must be 'central' or "
+                         "'central4'")
+    layout, theta_flat = ParameterLayout.from_theta(theta)
+    indices = np.array([_index(layout, c) for c in coords], dtype=np.int64)
+    steps = DEFAULT_STEPS if steps is None else np.asarray(steps, dtype=np.float64)
+    run = make_engine(loss, theta_flat, args, layout, engine, workers)
+    f0 = run.at(theta_flat)
+    numerical = np.column_stack([
+        _derivative(run, theta_flat, indices, step, method) for step in steps])
+    if grad is not None:
+        reference, name = _analytic_gradient(grad, theta_flat, layout, args)[0][indices], "analytic"
+    else:
+        reference, name = _reference(loss, theta_flat, args, layout, engine, workers, f0,
+                                     indices, run)
+    return StepScan([layout.label(int(i)) for i in indices], steps, numerical, reference, name,
+                    np.abs(numerical - reference[:, None]),
+                    default_relative_step(method, layout.dtype), method)
+
+
+def _derivative(run, theta, indices, step: float, method: str) -> np.ndarray:
+    plan = Plan.for_coords(theta, indices, step)
+    losses, taken = stencil(run, plan, theta, analysis_offsets(method))
+    value = central(losses[:, :2], taken[:, :2])
+    if method == "central4":
+        value = analysis.richardson(value, central(losses[:, 2:], taken[:, 2:]))
+    return value
+
+
+def _reference(loss, theta, args, layout, engine, workers, f0, indices, run):
+    try:
+        complex_run = _complex_engine(loss, theta, args, layout, engine, workers, None, f0)
+    except InputError:
+        step = default_relative_step("central4", theta.dtype)
+        return _derivative(run, theta, indices, step, "central4"), "central4"
+    plan = Plan.for_coords(theta, indices, default_relative_step("complex", theta.dtype))
+    return complex_step(complex_run, plan, theta), "complex step"
+
+
+def _index(layout: ParameterLayout, coordinate) -> int:
+    if isinstance(coordinate, (int, np.integer)) and not isinstance(coordinate, bool):
+        if not 0 <= coordinate < layout.size:
+            raise InputError(f"coordinate {coordinate} is outside [0, {layout.size})")
+        return int(coordinate)
+    if isinstance(coordinate, str):
+        return layout.index_of(coordinate)
+    raise InputError(f"coordinates are flat indices or labels like 'W1[0, 3]', got {coordinate!r}")
