@@ -37,7 +37,7 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
           eps: float | None = None, dtype=None, workers: int | None = None,
           engine: str = "auto", sample=None, detect: tuple[float, float] | None = None,
           directions: int | None = None, seed=None,
-          progress: Callable[[int], None] | None = None) -> Report:
+          progress: Callable[[int, int], None] | None = None) -> Report:
     """Compare an analytic gradient with finite differences of the loss, coordinate by coordinate.
 
     Parameters
@@ -81,7 +81,8 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     seed : int, optional
         Seed of the sample and the directions (None: fresh; the report gives it).
     progress : callable, optional
-        Called with the number of coordinates just finished, from worker threads.
+        ``progress(coordinates, evaluations)`` with the counts just finished, called from
+        worker threads (see :class:`fastgrad.progress.ProgressBar`).
 
     Returns
     -------

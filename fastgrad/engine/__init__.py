@@ -56,7 +56,7 @@ class Engine:
         self.workers = workers
         self.evaluations = 0
         self.seconds_per_evaluation = 1e-3  # refined by every call to at()
-        self.progress: Callable[[int], None] | None = None
+        self.progress: Callable[[int, int], None] | None = None
 
     @property
     def name(self) -> str:

@@ -43,7 +43,7 @@ def chunk_size(rows: int, points: int, workers: int, seconds_per_evaluation: flo
 
 
 def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, workers: int,
-               rows_per_chunk: int, progress: Callable[[int], None] | None = None
+               rows_per_chunk: int, progress: Callable[[int, int], None] | None = None
                ) -> tuple[np.ndarray, ChunkFailure | None]:
     """Evaluate every row; return ``out`` (float64, values' shape) and the first failure.
 
@@ -80,7 +80,7 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
                 return
             if progress is not None:
                 with report_lock:
-                    progress(end - start)
+                    progress(end - start, (end - start) * values.shape[1])
 
     if workers <= 1:
         work()
