@@ -8,8 +8,8 @@ from .api import assert_gradient, check, numerical_gradient
 from .errors import GradientCheckError, InputError, LossError
 from .monitor import GradientCheckWarning, Monitor
 from .report import Report
-from .scan import StepScan, step_scan
 from .sampling import Coverage, sample_coordinates
+from .scan import StepScan, step_scan
 
 __version__ = "0.1.0"
 

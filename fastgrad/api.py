@@ -10,13 +10,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import analysis
-from .derivatives import (Context, analysis_offsets, central, check_method, complex_step,
-                          coordinate_derivatives, default_relative_step, stencil)
+from .derivatives import (
+    Context,
+    analysis_offsets,
+    central,
+    check_method,
+    complex_step,
+    coordinate_derivatives,
+    default_relative_step,
+    stencil,
+)
 from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
 from .engine import Engine, make_engine
 from .errors import InputError, LossError

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import InputError
 
+
 def directional_relative_step(dtype) -> float:
     """h0 = u^(1/5) for directional checks: the step that minimises the error of the
     Richardson value (4·D(h) − D(2h))/3, which judges a direction whenever D(h) is in doubt.

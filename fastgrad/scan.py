@@ -15,8 +15,14 @@ import numpy as np
 
 from . import analysis
 from .api import _analytic_gradient, _as_args, _complex_engine
-from .derivatives import (analysis_offsets, central, check_method, complex_step,
-                          default_relative_step, stencil)
+from .derivatives import (
+    analysis_offsets,
+    central,
+    check_method,
+    complex_step,
+    default_relative_step,
+    stencil,
+)
 from .engine import make_engine
 from .errors import InputError
 from .parameters import ParameterLayout
