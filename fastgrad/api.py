@@ -129,8 +129,9 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     if directions:
         directional = _directional(context, layout, directions, directions_rng, eps)
     require_same(f0, run.at(theta_flat), layout.dtype, "at the start and at the end of the check")
+    evaluations = run.evaluations + (context.complex_run.evaluations if context.complex_run else 0)
     return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,
-                        method=method, seed=seeds.entropy,
+                        method=method, seed=seeds.entropy, evaluations=evaluations,
                         seconds=time.perf_counter() - started)
 
 

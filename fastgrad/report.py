@@ -140,6 +140,8 @@ def format_report(report: Report) -> str:
         f"{report.noise:.2e}{'' if report.noise_detected else ' (not measured: bound used)'}; "
         f"allowed |D - g| = {report.multiplier:.1f} * rounding + truncation",
     ]
+    if report.coverage is not None or report.directions:
+        lines.append(f"seed            {report.seed} (pass seed= to repeat this sample)")
     if report.coverage is not None:
         lines += report.coverage.lines()
     if report.directions:
@@ -236,7 +238,8 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
 
 
 def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.ndarray, noise,
-                 run, directional, coverage, *, method: str, seed, seconds: float) -> Report:
+                 run, directional, coverage, *, method: str, seed, evaluations: int,
+                 seconds: float) -> Report:
     """Judge the checks and assemble the report."""
     coords = plan.coords
     numerical, error, kink = coordinates.numerical, coordinates.error, coordinates.kink
@@ -275,7 +278,7 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
     numerical_full[coords] = numerical
     return Report(
         verdict=verdict, relative_error=relative, size=layout.size, checked=int(coords.size),
-        failed=failed, evaluations=run.evaluations, seconds=seconds, engine=run.name,
+        failed=failed, evaluations=evaluations, seconds=seconds, engine=run.name,
         workers=run.workers, dtype=str(layout.dtype), relative_step=plan.relative_step,
         method=method, kinks=int(kink.sum()), noise=float(noise.sigma), noise_detected=bool(noise.detected),
         refined=int(coordinates.refined.size),
