@@ -29,7 +29,7 @@ from .engine import Engine, make_engine
 from .errors import InputError, LossError
 from .noise import estimate_noise
 from .parameters import ParameterLayout
-from .plan import Plan, directional_relative_step
+from .plan import Plan, check_eps, directional_relative_step
 from .report import Report, build_report
 from .sampling import sample_coordinates
 
@@ -99,6 +99,7 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     started = time.perf_counter()
     args = _as_args(args)
     method = check_method(method)
+    eps = None if eps is None else check_eps(eps)
     layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
     seeds = np.random.SeedSequence(seed)
     sampled_rng, directions_rng = (np.random.default_rng(s) for s in seeds.spawn(2))
@@ -112,7 +113,8 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     run.progress = progress
     f0 = run.at(theta_flat)
-    noise = estimate_noise(run.at, theta_flat, rng=np.random.default_rng(NOISE_SEED))
+    noise = estimate_noise(lambda point: run.at(point, "near theta (noise estimate)"),
+                           theta_flat, rng=np.random.default_rng(NOISE_SEED))
     require_same(f0, noise.f0, layout.dtype, "twice in a row")
     relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     if coverage is not None:
@@ -153,6 +155,7 @@ def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central
     """
     args = _as_args(args)
     method = check_method(method)
+    eps = None if eps is None else check_eps(eps)
     layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     f0 = run.at(theta_flat)  # a clear error before the kernels run, if the loss is unusable

@@ -47,8 +47,9 @@ def default_relative_step(method: str, dtype) -> float:
     rounding, Nocedal & Wright §8.1), COMPLEX_STEP for "complex"."""
     if method == "complex":
         return COMPLEX_STEP
-    order = 2 if method == "central" else 4
-    return float(np.finfo(dtype).eps) ** (1.0 / (order + 1))
+    if method == "central":
+        return float(np.cbrt(np.finfo(dtype).eps))
+    return float(np.finfo(dtype).eps) ** 0.2
 
 
 @dataclass

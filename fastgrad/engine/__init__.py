@@ -20,7 +20,7 @@ from ..parameters import ParameterLayout
 from .base import Evaluator, Workspace
 from .compiled import CompiledEvaluator, available_cores, is_compiled
 from .python import PythonEvaluator
-from .threads import chunk_size, run_chunks
+from .threads import InputModified, chunk_size, run_chunks
 
 __all__ = ["Engine", "Evaluator", "Workspace", "make_engine", "available_cores", "ENGINES"]
 
@@ -39,7 +39,7 @@ def make_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
     if engine in ("auto", "numba") and is_compiled(loss):
         evaluator: Evaluator = CompiledEvaluator(loss, theta, args, layout)
     else:
-        evaluator = PythonEvaluator(loss, theta, args, layout)
+        evaluator = PythonEvaluator(loss, theta, args, layout, receives_flat=is_compiled(loss))
     if workers is None:
         workers = evaluator.default_workers
     elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
@@ -103,6 +103,9 @@ class Engine:
         return out
 
     def _raise(self, failure, coords, values) -> None:
+        if isinstance(failure.error, InputModified):
+            raise LossError(f"the loss modifies its input: {self.layout.label(failure.error.index)} "
+                            "changed during the check (copy theta before writing to it)")
         row = failure.row
         coordinate = self.layout.label(int(coords[row]))
         point = failure.point

@@ -12,20 +12,26 @@ class PythonEvaluator(Evaluator):
     """Calls ``loss(view, *args)``, where ``view`` is theta's structure over the workspace.
 
     A dict theta gives a dict of views; perturbing ``flat[i]`` is seen by the loss
-    through them, so no coordinate ever costs a copy of θ.
+    through them, so no coordinate ever costs a copy of θ.  A compiled loss run on
+    this path receives what the compiled engine would give it (theta's array, or
+    the flat vector for a dict).
     """
 
     name = "python"
 
-    def __init__(self, loss, theta: np.ndarray, args: tuple, layout: ParameterLayout):
+    def __init__(self, loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
+                 receives_flat: bool = False):
         super().__init__(loss, theta, args)
         self.layout = layout
+        self.receives_flat = receives_flat  # a compiled loss run from Python: as in the kernel
 
     @property
     def default_workers(self) -> int:
         return 1  # a Python loss holds the GIL and may not be thread-safe
 
     def view(self, flat: np.ndarray):
+        if self.receives_flat:
+            return flat.reshape(self.layout.array_shape)
         return self.layout.structured(flat)
 
     def evaluate_chunk(self, workspace: Workspace, coords, values, out, start, stop) -> None:

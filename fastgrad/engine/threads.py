@@ -26,11 +26,19 @@ from .blas import limit_blas_threads
 CHUNK_SECONDS = 0.05
 
 
+class InputModified(Exception):
+    """The loss wrote into its input: the workspace no longer equals θ after a run."""
+
+    def __init__(self, index: int):
+        super().__init__(index)
+        self.index = index
+
+
 @dataclass
 class ChunkFailure:
     """What went wrong in a chunk: the row and point being evaluated, and the exception."""
 
-    row: int
+    row: int  # -1 when not tied to a row (InputModified)
     point: int  # index into the row's values
     error: BaseException | None  # None: the loss returned a non-finite value
 
@@ -64,13 +72,15 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
         while not stop.is_set():
             index = next(next_chunk)
             if index >= len(starts):
-                return
+                break
             start = starts[index]
             end = min(start + rows_per_chunk, rows)
             try:
                 evaluator.evaluate_chunk(workspace, coords, values, out, start, end)
-            except Exception as error:  # handed to the caller, with its coordinate
+            except BaseException as error:  # handed to the caller, with its coordinate
                 failure = ChunkFailure(int(workspace.cursor[0]), int(workspace.cursor[1]), error)
+                if not isinstance(error, Exception) and workers <= 1:
+                    raise  # Ctrl-C in the calling thread: nothing to hand over
             else:
                 failure = _first_non_finite(out, start, end)
             if failure is not None:
@@ -81,6 +91,11 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
             if progress is not None:
                 with report_lock:
                     progress(end - start, (end - start) * values.shape[1])
+        changed = np.flatnonzero(workspace.flat != evaluator.theta)
+        if changed.size:
+            with report_lock:
+                failures.append(ChunkFailure(-1, 0, InputModified(int(changed[0]))))
+            stop.set()
 
     if workers <= 1:
         work()
@@ -101,6 +116,9 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
                     for thread in threads:
                         thread.join()
                 raise
+    interrupts = [f.error for f in failures if not isinstance(f.error, (Exception, type(None)))]
+    if interrupts:
+        raise interrupts[0]  # e.g. KeyboardInterrupt raised by a Python loss in a worker
     first = min(failures, key=lambda failure: failure.row) if failures else None
     return out, first
 

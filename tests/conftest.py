@@ -1,0 +1,71 @@
+"""Shared fixtures of the core-check tests: compiled losses, small problems, and a
+record of verdict scores printed at the end of the run.
+
+Numba compiles a loss (and fastgrad's chunk kernel) once per argument types and
+process, at ~1-3 s each: the compiled losses used by several test files live here,
+and the problems are session-scoped.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from fastgrad.models import mlp
+
+#: Small MLP sizes: n = d*h + h + h*c + c = 24 + 6 + 18 + 3 = 51 parameters.
+MLP_SIZES = dict(d=4, h=6, c=3, m=20)
+
+#: name -> (kind, max score): the largest score of each checked case, printed at the end.
+SCORES: dict[str, tuple[str, float]] = {}
+
+
+@numba.njit(nogil=True)
+def cube_sum(x):
+    """sum(x**3) of an array of any shape, as a sequential loop in C order."""
+    flat = x.reshape(x.size) if x.ndim != 1 else x
+    total = 0.0
+    for i in range(flat.size):
+        total += flat[i] * flat[i] * flat[i]
+    return total
+
+
+def max_score(report) -> float:
+    return max((c.score for c in report.worst), default=0.0)
+
+
+def record(name: str, report, kind: str) -> float:
+    """Remember the largest score of a check (kind "correct" or "bug") and return it."""
+    score = max_score(report)
+    SCORES[name] = (kind, score)
+    return score
+
+
+@pytest.fixture(scope="session")
+def mlp_problem():
+    """(problem, args, exact gradient dict) of a small MLP."""
+    problem = mlp.problem(**MLP_SIZES, seed=5)
+    args = (problem.X, problem.Y)
+    return problem, args, mlp.grad(problem.params, *args)
+
+
+@pytest.fixture(scope="session")
+def record_score():
+    """``record_score(name, report, kind)``: see :func:`record`."""
+    return record
+
+
+@pytest.fixture(scope="session")
+def njit_cube():
+    return cube_sum
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not SCORES:
+        return
+    terminalreporter.section("fastgrad verdict margins (max score; > 1 disagrees)")
+    for kind in ("correct", "bug"):
+        for name, (k, score) in sorted(SCORES.items()):
+            if k == kind:
+                terminalreporter.write_line(f"{kind:8s} {name:45s} {score:.3g}")
