@@ -162,7 +162,8 @@ def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central
     relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     plan = Plan.for_coords(theta_flat, np.arange(layout.size, dtype=np.int64), relative_step)
     if method == "complex":
-        run = _complex_engine(loss, theta_flat, args, layout, engine, workers, None, f0)
+        sigma = float(np.finfo(layout.dtype).eps) * abs(f0)  # rounding of f at best
+        run = _complex_engine(loss, theta_flat, args, layout, engine, workers, None, f0, sigma)
         numerical = complex_step(run, plan, theta_flat)
     else:
         losses, taken = stencil(run, plan, theta_flat, analysis_offsets(method))
@@ -212,41 +213,46 @@ def _context(run: Engine, method: str, theta: np.ndarray, analytic: np.ndarray,
     complex_run = None
     if method == "complex":
         complex_run = _complex_engine(loss, theta, args, layout, engine, workers, progress,
-                                      noise.f0)
+                                      noise.f0, noise.sigma)
     return Context(run, theta, analytic, noise.sigma, noise.f0, layout.dtype, analytic_eps,
                    float(np.abs(analytic).max()), complex_run)
 
 
 def _complex_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout, engine: str,
-                    workers, progress, f0: float) -> Engine:
+                    workers, progress, f0: float, sigma: float) -> Engine:
     """An engine over complex θ, once the loss has shown it carries the imaginary part.
 
-    At θ + i·h·v (v random, h tiny), Im f / h must be the derivative along v: a loss
-    that raises on complex input, or returns Im f = 0 where the real central
-    difference along v is not 0 (abs, real parts, comparisons, float()), cannot be
-    checked by the complex step.
+    Along a random direction v, the complex step Im f(θ + i·h·v)/h must equal the real
+    central difference (f(θ+hv) − f(θ−hv))/2h to within the latter's error: a loss
+    that raises on complex input, or drops the imaginary part of some term (abs,
+    real parts, comparisons, float()), cannot be checked by the complex step.
     """
     advice = "use method='central' (or 'central4') for this loss"
     run = make_engine(loss, theta.astype(np.complex128), args, layout, engine, workers)
     run.progress = progress
     direction = np.random.default_rng(NOISE_SEED).standard_normal(theta.size)
-    step = default_relative_step("complex", theta.dtype)
+    tiny = default_relative_step("complex", theta.dtype)
     try:
-        value = run.at(theta + 1j * step * direction, "at a complex point", complex_ok=True)
+        value = run.at(theta + 1j * tiny * direction, "at a complex point", complex_ok=True)
     except (InputError, LossError) as error:
         raise InputError(f"method='complex' needs a loss that accepts complex input, and this "
                          f"one does not ({error}); {advice}") from error
-    if value.imag == 0.0:
-        real_step = default_relative_step("central", theta.dtype)
-        plus = run.at(theta + real_step * direction, complex_ok=True).real
-        minus = run.at(theta - real_step * direction, complex_ok=True).real
-        if plus != minus:
-            raise InputError("method='complex': the loss drops the imaginary part of its input "
-                             "(through abs, real parts, comparisons or a conversion to float), "
-                             f"so Im f(theta + ih) is 0 although f varies; {advice}")
     if abs(value.real - f0) > math.sqrt(np.finfo(np.float64).eps) * max(abs(f0), 1.0):
         raise InputError(f"method='complex': Re f(theta + ih) = {value.real!r} differs from "
                          f"f(theta) = {f0!r}; {advice}")
+    step = default_relative_step("central", theta.dtype)
+    plus = run.at(theta + step * direction, complex_ok=True).real
+    minus = run.at(theta - step * direction, complex_ok=True).real
+    real = (plus - minus) / (2.0 * step)
+    imaginary = value.imag / tiny
+    # The real difference errs by about σ/h (rounding) and h²·f'''/6 (truncation, a
+    # relative ~1e-10 at this step): a relative 1e-6 is far outside both.
+    if abs(imaginary - real) > analysis.noise_multiplier(1) * sigma / step \
+            + 1e-6 * max(abs(real), abs(imaginary)):
+        raise InputError("method='complex': the loss drops the imaginary part of its input in "
+                         "some of its terms (through abs, real parts, comparisons or a "
+                         f"conversion to float): along a test direction the complex step gives "
+                         f"{imaginary:.6g} but the central difference {real:.6g}; {advice}")
     return run
 
 

@@ -28,7 +28,8 @@ class CoordinateResult:
     difference: float  # numerical − analytic
     error_estimate: float  # z·r + t, the largest |difference| a correct gradient should show
     score: float  # |difference| / error_estimate
-    status: str  # "ok", "fail", or "kink" (agrees with a one-sided derivative at a kink)
+    status: str  # "ok", "fail", "kink" (agrees with a one-sided derivative at a kink) or
+    # "unresolved" (agrees with a one-sided derivative, no kink resolved: a warning)
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "index": list(self.index)}
@@ -74,6 +75,7 @@ class Report:
     relative_step: float
     method: str
     kinks: int  # coordinates whose disagreement a kink explains
+    unresolved: int  # coordinates a one-sided value vouches for, with no kink resolved
     noise: float
     noise_detected: bool
     refined: int  # coordinates re-evaluated at a second step
@@ -218,12 +220,14 @@ def group_results(layout: ParameterLayout, coords, numerical, analytic, score) -
     return results
 
 
-def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, error, score, kink,
+def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, error, score, marks,
                       count: int = WORST_SHOWN) -> list[CoordinateResult]:
-    """The ``count`` coordinates with the highest score, highest first, then the kinks."""
+    """The ``count`` coordinates with the highest score, highest first, then those marked
+    ("kink", "unresolved")."""
     order = np.argsort(-score, kind="stable")[:count]
-    kinked = np.flatnonzero(kink)
-    order = np.concatenate([order, kinked[~np.isin(kinked, order)][:count]])
+    for mark in ("kink", "unresolved"):
+        marked = np.flatnonzero(marks == mark)
+        order = np.concatenate([order, marked[~np.isin(marked, order)][:count]])
     results = []
     for row in order:
         group, index = layout.multi_index(int(coords[row]))
@@ -232,7 +236,7 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
             analytic=float(analytic[row]), numerical=float(numerical[row]),
             difference=float(numerical[row] - analytic[row]),
             error_estimate=float(error[row]), score=float(score[row]),
-            status="fail" if score[row] > 1.0 else ("kink" if kink[row] else "ok"),
+            status="fail" if score[row] > 1.0 else (str(marks[row]) or "ok"),
         ))
     return results
 
@@ -243,6 +247,7 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
     """Judge the checks and assemble the report."""
     coords = plan.coords
     numerical, error, kink = coordinates.numerical, coordinates.error, coordinates.kink
+    unresolved = coordinates.unresolved
     analytic = analytic_flat[coords]
     if directional is not None and directional.confirmed:  # coordinates named by localisation
         extra = np.array([c for c in directional.confirmed if c not in set(coords.tolist())],
@@ -251,6 +256,7 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
         numerical = np.concatenate([numerical, [directional.confirmed[c][0] for c in extra]])
         error = np.concatenate([error, [directional.confirmed[c][1] for c in extra]])
         kink = np.concatenate([kink, np.zeros(extra.size, dtype=bool)])
+        unresolved = np.concatenate([unresolved, np.zeros(extra.size, dtype=bool)])
         analytic = analytic_flat[coords]
     score = analysis.disagreement(numerical, analytic, error)
     failed = int((score > 1.0).sum())
@@ -265,8 +271,14 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
         notes.append("the loss's rounding noise could not be measured; a bound was used instead")
     if failed or (directional is not None and directional.failed):
         verdict = "fail"
-    elif relative > analysis.WRONG_ABOVE or not noise.detected:
+    elif relative > analysis.WRONG_ABOVE or not noise.detected or unresolved.any():
         verdict = "warn"
+        if unresolved.any():
+            notes.append(
+                f"{int(unresolved.sum())} coordinate(s) disagree with the central difference but "
+                "agree with a one-sided derivative, and no kink could be resolved: a small kink "
+                "(ReLU, abs) or a gradient error at the level of the noise; look closer"
+            )
         if relative > analysis.WRONG_ABOVE:
             notes.append(
                 "the finite differences are too noisy to confirm this gradient: the relative "
@@ -280,11 +292,12 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
         verdict=verdict, relative_error=relative, size=layout.size, checked=int(coords.size),
         failed=failed, evaluations=evaluations, seconds=seconds, engine=run.name,
         workers=run.workers, dtype=str(layout.dtype), relative_step=plan.relative_step,
-        method=method, kinks=int(kink.sum()), noise=float(noise.sigma), noise_detected=bool(noise.detected),
+        method=method, kinks=int(kink.sum()), unresolved=int(unresolved.sum()), noise=float(noise.sigma), noise_detected=bool(noise.detected),
         refined=int(coordinates.refined.size),
         multiplier=analysis.noise_multiplier(len(plan)),
         groups=group_results(layout, coords, numerical, analytic, score),
-        worst=worst_coordinates(layout, coords, numerical, analytic, error, score, kink),
+        worst=worst_coordinates(layout, coords, numerical, analytic, error, score,
+                                np.where(kink, "kink", np.where(unresolved, "unresolved", ""))),
         numerical=layout.structured(numerical_full),
         analytic=layout.structured(analytic_flat.copy()),
         notes=notes, seed=seed, coverage=coverage, directions=directions,

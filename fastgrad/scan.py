@@ -111,7 +111,8 @@ def _derivative(run, theta, indices, step: float, method: str) -> np.ndarray:
 
 def _reference(loss, theta, args, layout, engine, workers, f0, indices, run):
     try:
-        complex_run = _complex_engine(loss, theta, args, layout, engine, workers, None, f0)
+        sigma = float(np.finfo(theta.dtype).eps) * abs(f0)  # rounding of f at best
+        complex_run = _complex_engine(loss, theta, args, layout, engine, workers, None, f0, sigma)
     except InputError:
         step = default_relative_step("central4", theta.dtype)
         return _derivative(run, theta, indices, step, "central4"), "central4"

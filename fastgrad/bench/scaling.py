@@ -1,0 +1,232 @@
+"""Parallel efficiency, and how a check's time grows with n: full, sampled, directional.
+
+T_f is one evaluation of the MLP loss: the median of many single calls from Python
+(the issue's definition), and also the per-evaluation time of the engine's own chunk
+kernel run serially in one thread (no Python dispatch, θ hot in cache), the stricter
+baseline for parallel efficiency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+
+import numpy as np
+
+from ..api import check
+from ..engine import Engine, available_cores
+from ..engine.compiled import evaluate_chunk_kernel
+from ..models import mlp
+from ..parameters import ParameterLayout
+from .common import Line, Section, Sizes, fmt_seconds, judged, median_seconds, timed, timed_cpu
+
+TARGET_EFFICIENCY, EFFICIENCY_FROM_N = 0.85, 10_000
+#: A check expected to take longer than this is timed once (its length averages the noise).
+LONG_CHECK_S = 5.0
+#: The planted error of the directional check, in units of the check's reported sensitivity.
+PLANTED_SENSITIVITIES = 10.0
+
+
+@contextlib.contextmanager
+def time_in_engine():
+    """Seconds spent in :meth:`Engine.perturbed` (the parallel chunk evaluations) meanwhile."""
+    spent = {"seconds": 0.0, "calls": 0}
+    original = Engine.perturbed
+
+    def perturbed(self, coords, values):
+        started = time.perf_counter()
+        try:
+            return original(self, coords, values)
+        finally:
+            spent["seconds"] += time.perf_counter() - started
+            spent["calls"] += 1
+
+    Engine.perturbed = perturbed
+    try:
+        yield spent
+    finally:
+        Engine.perturbed = original
+
+
+def warm_up(m: int) -> None:
+    """Compile the chunk kernel for the MLP's argument types (full, sampled, localising)."""
+    problem = mlp.problem(6, 5, 3, m=m)
+    check(mlp.loss, mlp.grad, problem.params, (problem.X, problem.Y))
+    wrong = mlp.flatten(mlp.grad(problem.params, problem.X, problem.Y))
+    wrong[3] += 1.0
+    check(mlp.loss, mlp.unflatten(wrong, 6, 5, 3), problem.params, (problem.X, problem.Y),
+          directions=2, seed=0)
+
+
+def loss_seconds(problem, calls: int) -> float:
+    """T_f: the median of ``calls`` single calls of ``mlp.loss`` from Python."""
+    theta, X, Y = problem.theta, problem.X, problem.Y
+    mlp.loss(theta, X, Y)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        mlp.loss(theta, X, Y)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def kernel_seconds(problem, t_f: float, budget_s: float = 0.3) -> float:
+    """One evaluation inside the engine's chunk kernel, serial (median of 3 batches)."""
+    theta = problem.theta
+    rows = int(min(theta.size, max(8, budget_s / 3 / max(t_f, 1e-7))))
+    coords = np.arange(rows, dtype=np.int64)
+    values = (theta[:rows] + 1e-6)[:, None]
+    out = np.empty(values.shape)
+    cursor = np.zeros(2, dtype=np.int64)
+    work, args = theta.copy(), (problem.X, problem.Y)
+
+    def run():
+        evaluate_chunk_kernel(mlp.loss, work, (theta.size,), coords, values, out, 0, rows,
+                              cursor, args)
+    return median_seconds(run, 3)[0] / rows
+
+
+def _timed_check(problem, repeats: int, expected_s: float, **options):
+    """Median wall time of a check (once if long), its report, its seconds in the engine,
+    every time, and the cores it got (CPU time / wall time)."""
+    args = (problem.X, problem.Y)
+    times, engine, cores = [], [], []
+    for _ in range(1 if expected_s > LONG_CHECK_S else repeats):
+        with time_in_engine() as spent:
+            report, seconds, cpu = timed_cpu(lambda: check(mlp.loss, mlp.grad, problem.params,
+                                                           args, **options))
+        times.append(seconds)
+        engine.append(spent["seconds"])
+        cores.append(cpu / seconds)
+    return statistics.median(times), report, statistics.median(engine), times, \
+        statistics.median(cores)
+
+
+# ------------------------------------------------------------------------------ efficiency
+def measure_efficiency(sizes: Sizes) -> Section:
+    """E = (2n·T_f / workers) / T_check for full checks at n ≈ 10^3, 10^4, 10^5."""
+    warm_up(sizes.m)
+    workers = available_cores()
+    section = Section("efficiency", "parallel efficiency of a full check",
+                      {"workers": workers, "m": sizes.m, "sizes": []})
+    for shape in sizes.scaling_shapes:
+        problem = mlp.problem(*shape, m=sizes.m)
+        n = problem.n
+        t_f = loss_seconds(problem, sizes.single_calls)
+        t_kernel = kernel_seconds(problem, t_f)
+        ideal = 2 * n * t_f / workers
+        t_check, report, t_engine, times, cores = _timed_check(problem, sizes.repeats, ideal)
+        efficiency = ideal / t_check
+        efficiency_kernel = 2 * n * t_kernel / workers / t_check
+        engine_efficiency = report.evaluations * t_kernel / workers / t_engine if t_engine else None
+        row = {"n": n, "shape": shape, "t_f_s": t_f, "t_f_kernel_s": t_kernel,
+               "t_check_s": t_check, "times_s": times, "t_engine_s": t_engine,
+               "cores_used": cores,
+               "outside_engine_s": t_check - t_engine, "evaluations": report.evaluations,
+               "extra_evaluations": report.evaluations - 2 * n, "verdict": report.verdict,
+               "efficiency": efficiency, "efficiency_kernel_t_f": efficiency_kernel,
+               "engine_only_efficiency": engine_efficiency,
+               "t_check_over_2n_t_f": t_check / (2 * n * t_f)}
+        section.figures["sizes"].append(row)
+        text = (f"E = {efficiency:.2f} (T_f {fmt_seconds(t_f)}, check {fmt_seconds(t_check)}, "
+                f"{report.evaluations:,} evaluations = 2n{report.evaluations - 2 * n:+d}, "
+                f"{cores:.2f} cores used)")
+        label = f"parallel efficiency, {workers} workers, n = {n:,}"
+        if n >= EFFICIENCY_FROM_N:
+            why = _efficiency_why(row, workers)
+            row["why"] = why
+            section.lines.append(judged(label, text, f"≥ {TARGET_EFFICIENCY}", efficiency
+                                        >= TARGET_EFFICIENCY, why))
+        else:
+            section.lines.append(Line(label, text))
+        section.lines.append(Line(f"  same, T_f from the serial kernel ({fmt_seconds(t_kernel)})",
+                                  f"E = {efficiency_kernel:.2f}; {fmt_seconds(t_check - t_engine)}"
+                                  f" of the check outside the parallel evaluations"))
+    if not any(row["n"] >= EFFICIENCY_FROM_N for row in section.figures["sizes"]):
+        section.lines.append(Line(f"parallel efficiency from n = {EFFICIENCY_FROM_N:,}",
+                                  "no size that large in this run", f"≥ {TARGET_EFFICIENCY}",
+                                  "n/a", "quick run: sizes below 10^4"))
+    return section
+
+
+def _efficiency_why(row: dict, workers: int) -> str:
+    if row["efficiency"] >= TARGET_EFFICIENCY:
+        return ""
+    outside = row["outside_engine_s"] / row["t_check_s"]
+    engine = row["engine_only_efficiency"]
+    return (f"the check got {row['cores_used']:.2f} of {workers} cores (its CPU time / wall "
+            f"time: below {workers}, other processes had the rest); {outside:.1%} of it is "
+            f"outside the parallel evaluations (noise estimate, gradient, analysis, report); the "
+            f"parallel part ran at {engine:.2f} of {workers}× the serial kernel")
+
+
+# ------------------------------------------------------------------------------ growth with n
+def measure_growth(sizes: Sizes, efficiency: Section) -> Section:
+    """Time against n: full checks (n·T_f), sampled checks (k fixed), directional checks."""
+    section = Section("growth", "how a check's time grows with n",
+                      {"full": _full_growth(efficiency), "sampled": [], "directional": [],
+                       "sample_k": sizes.sample_k})
+    for row in section.figures["full"]:
+        section.lines.append(Line(f"full check, n = {row['n']:,}",
+                                  f"{fmt_seconds(row['t_check_s'])} = "
+                                  f"{row['t_check_over_2n_t_f']:.2f} × 2n·T_f"))
+    for shape in sizes.sampled_shapes:
+        problem = mlp.problem(*shape, m=sizes.m)
+        t_f = loss_seconds(problem, max(5, sizes.single_calls // (1 + problem.n // 20_000)))
+        section.figures["sampled"].append(_sampled(problem, sizes, t_f))
+        section.figures["directional"].append(_directional(problem, t_f))
+    for row in section.figures["sampled"]:
+        section.lines.append(Line(
+            f"sampled check, k = {sizes.sample_k}, n = {row['n']:,}",
+            f"{fmt_seconds(row['t_check_s'])}, {row['evaluations']} evaluations "
+            f"(2k{row['evaluations'] - 2 * sizes.sample_k:+d}) = "
+            f"{row['t_check_over_2k_t_f']:.2f} × 2k·T_f"))
+    constants = [row["constant"] for row in section.figures["directional"]]
+    for row in section.figures["directional"]:
+        found = "found" if row["found"] else "NOT found"
+        section.lines.append(Line(
+            f"directional check + localisation, n = {row['n']:,}",
+            f"{row['evaluations']} evaluations = 2·log2 n + {row['constant']:.0f} "
+            f"(planted coordinate {found}), {fmt_seconds(row['t_check_s'])}"))
+    section.figures["directional_constant_range"] = [min(constants), max(constants)]
+    section.lines.append(Line("  directional evaluations − 2·log2 n across n",
+                              f"{min(constants):.0f} to {max(constants):.0f} (≈ const: expected)"))
+    return section
+
+
+def _full_growth(efficiency: Section) -> list[dict]:
+    return [{key: row[key] for key in ("n", "t_f_s", "t_check_s", "t_check_over_2n_t_f",
+                                        "evaluations")}
+            for row in efficiency.figures["sizes"]]
+
+
+def _sampled(problem, sizes: Sizes, t_f: float) -> dict:
+    k = min(sizes.sample_k, problem.n)
+    t_check, report, t_engine, times, cores = _timed_check(problem, sizes.repeats, 2 * k * t_f,
+                                                           sample=k, seed=0)
+    return {"n": problem.n, "k": k, "t_f_s": t_f, "t_check_s": t_check, "times_s": times,
+            "t_engine_s": t_engine, "cores_used": cores, "evaluations": report.evaluations,
+            "t_check_over_2k_t_f": t_check / (2 * k * t_f), "verdict": report.verdict}
+
+
+def _directional(problem, t_f: float) -> dict:
+    """Plant one wrong coordinate PLANTED_SENSITIVITIES × the reported sensitivity; localise."""
+    args = (problem.X, problem.Y)
+    clean = check(mlp.loss, mlp.grad, problem.params, args, directions=2, seed=0)
+    wrong = mlp.flatten(mlp.grad(problem.params, *args))
+    planted = problem.d * problem.h // 2 + min(7, problem.h - 1)  # inside W1
+    wrong[planted] += PLANTED_SENSITIVITIES * clean.sensitivity / max(1.0, abs(problem.theta[planted]))
+    grad = mlp.unflatten(wrong, problem.d, problem.h, problem.c)
+    report, seconds = timed(lambda: check(mlp.loss, grad, problem.params, args, directions=2,
+                                          seed=0))
+    found = report.localisation or {"coordinates": [], "evaluations": 0}
+    label = ParameterLayout.from_theta(problem.params)[0].label(planted)
+    return {"n": problem.n, "t_f_s": t_f, "t_check_s": seconds, "evaluations": report.evaluations,
+            "localisation_evaluations": found["evaluations"], "log2_n": math.log2(problem.n),
+            "constant": report.evaluations - 2 * math.log2(problem.n),
+            "planted": label, "named": found["coordinates"], "found": label in found["coordinates"],
+            "verdict": report.verdict, "clean_verdict": clean.verdict,
+            "sensitivity": clean.sensitivity, "t_evaluations_s": report.evaluations * t_f,
+            "outside_evaluations_s": seconds - report.evaluations * t_f}
