@@ -8,7 +8,7 @@ from .api import assert_gradient, check, numerical_gradient
 from .errors import GradientCheckError, InputError, LossError
 from .monitor import GradientCheckWarning, Monitor
 from .report import Report
-from .sampling import Coverage, sample_coordinates
+from .sampling import Coverage, generators, sample_coordinates
 from .scan import StepScan, step_scan
 
 __version__ = "0.1.0"
@@ -20,7 +20,7 @@ def plan_sample(theta, *, sample=None, detect=None, seed=None) -> Coverage:
     from .parameters import ParameterLayout
 
     layout, _ = ParameterLayout.from_theta(theta)
-    return sample_coordinates(layout, sample=sample, detect=detect, seed=seed)
+    return sample_coordinates(layout, sample=sample, detect=detect, seed=generators(seed)[0])
 
 __all__ = [
     "check",

@@ -31,7 +31,7 @@ from .noise import estimate_noise
 from .parameters import ParameterLayout
 from .plan import Plan, check_eps, directional_relative_step
 from .report import Report, build_report
-from .sampling import sample_coordinates
+from .sampling import generators, sample_coordinates
 
 #: Fixed seed of the direction along which the loss's noise is measured: checks are reproducible.
 NOISE_SEED = 20261128
@@ -101,12 +101,9 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     method = check_method(method)
     eps = None if eps is None else check_eps(eps)
     layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
-    seeds = np.random.SeedSequence(seed)
-    sampled_rng, directions_rng = (np.random.default_rng(s) for s in seeds.spawn(2))
+    sampled_rng, directions_rng, entropy = generators(seed)
     coverage = None
     if sample is not None or detect is not None:
-        if sample is not None and detect is not None:
-            raise InputError("give sample= or detect=, not both")
         coverage = sample_coordinates(layout, sample=sample, detect=detect, seed=sampled_rng)
     directions = _check_directions(directions)
     analytic, analytic_eps = _analytic_gradient(grad, theta_flat, layout, args)
@@ -133,7 +130,7 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     require_same(f0, run.at(theta_flat), layout.dtype, "at the start and at the end of the check")
     evaluations = run.evaluations + (context.complex_run.evaluations if context.complex_run else 0)
     return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,
-                        method=method, seed=seeds.entropy, evaluations=evaluations,
+                        method=method, seed=entropy, evaluations=evaluations,
                         seconds=time.perf_counter() - started)
 
 
@@ -292,6 +289,5 @@ def _directional(context: Context, layout: ParameterLayout, count: int,
 
         budget = LOCALISATION_PER_HALVING * math.ceil(math.log2(max(layout.size, 2))) \
             + LOCALISATION_EXTRA
-        reference = max(results, key=lambda result: result.score)
-        checks.localisation = Localiser(tester, layout, confirm, rng, budget, reference).run()
+        checks.localisation = Localiser(tester, layout, confirm, rng, budget, results).run()
     return checks

@@ -17,12 +17,11 @@ which is ≥ 1 − α once s_i·|δ| ≥ T/q, q = Φ⁻¹((1 + α^{1/m}) / 2).
 
 Localisation.  A failing set of coordinates is halved, and a direction supported
 on one half is tested: if it fails the error is there, else in the other half.
-One test costs 2 evaluations.  From the failing Gaussian test, which measured
-the rounding r and the truncation T of its difference at step h, the
-localising tests take the step h* that balances them (:func:`balanced_step`),
-and predict their own truncation as T·(h*/h)²·‖v‖/‖v_ref‖ (the third-derivative
-term h²·D³f[v,v,v]/6 of incoherent coordinates grows like ‖v‖); only a residual
-within a margin of that prediction is settled by a second step.
+One test costs 2 evaluations.  From the Gaussian tests, which measured the
+rounding r and the truncation T of their differences, the localising tests take
+the step h* that balances the two (:func:`balanced_step`) and predict their own
+truncation as c·h*²·‖v‖ (:func:`truncation_coefficient`); only a residual within
+a margin of that prediction is settled by a second step.
 First over the groups, then within the group.  A group both of whose halves fail
 holds a dense error and is named as a whole; otherwise the descent ends on one
 coordinate, which a coordinate check confirms.  Then the set without what was
@@ -35,7 +34,7 @@ two errors cancel with probability 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -135,12 +134,15 @@ class DirectionalTester:
         f_plus, f_minus = self.run.at(plus, "along a direction"), self.run.at(minus, "along a direction")
         offsets = plus.astype(np.float64) - minus.astype(np.float64)
         terms = self.analytic * offsets
+        magnitude = float(np.abs(terms).sum())
         numerical = (f_plus - f_minus) / (2.0 * step)
-        analytic = math.fsum(terms) / (2.0 * step)
+        analytic = float(terms.sum()) / (2.0 * step)
         noise = analysis.evaluation_noise(self.sigma, np.array(f_plus), np.array(f_minus), dtype)
         rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
-        # math.fsum is correctly rounded; the products g_i·Δ_i each err by u relative.
-        rounding += float(np.finfo(np.float64).eps) * float(np.abs(terms).sum()) / (2.0 * step)
+        # NumPy's pairwise sum of the n products g_i·Δ_i errs by at most about
+        # u·(log2 n + 1)·Σ|g_i·Δ_i| (Higham, Accuracy and Stability, §4.2).
+        pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.size, 2)) + 1.0)
+        rounding += pairwise * magnitude / (2.0 * step)
         return numerical, analytic, rounding
 
     def test(self, direction: np.ndarray, label: str,
@@ -185,17 +187,33 @@ class DirectionalTester:
 
 def run_directions(tester: DirectionalTester, count: int, rng: np.random.Generator
                    ) -> list[DirectionResult]:
-    """``count`` Gaussian directional tests."""
-    return [tester.test(tester.gaussian(rng), f"direction {j + 1}") for j in range(count)]
+    """``count`` Gaussian directional tests.
+
+    A test whose refinement found the truncation T above z·r is repeated at the
+    step that balances the two (:func:`balanced_step`): its allowed error, hence the
+    smallest error it can see, falls from about T to about z·r at h*.  Once a test
+    fails, the others are not repeated.
+    """
+    directions = [tester.gaussian(rng) for _ in range(count)]
+    results = [tester.test(v, f"direction {j + 1}") for j, v in enumerate(directions)]
+    for j, (direction, result) in enumerate(zip(directions, results)):
+        if any(r.failed for r in results):
+            break  # the verdict is made: the rest keep their first, coarser test
+        if result.truncation > tester.multiplier * result.rounding:
+            step = balanced_step([result], tester.multiplier)
+            again = tester.with_step(step).test(direction, result.label)
+            results[j] = replace(again, evaluations=again.evaluations + result.evaluations)
+    return results
 
 
 class Localiser:
     """Group testing over the flat coordinates: :meth:`run` names what is wrong."""
 
     def __init__(self, tester: DirectionalTester, layout: ParameterLayout,
-                 confirm, rng: np.random.Generator, budget: int, reference: DirectionResult):
-        self.reference = reference  # the failing Gaussian test: its truncation and norm
-        self.tester = tester.with_step(balanced_step(reference, tester.multiplier))
+                 confirm, rng: np.random.Generator, budget: int,
+                 references: list[DirectionResult]):
+        self.coefficient = truncation_coefficient(references)  # T ≈ c·h²·‖v‖
+        self.tester = tester.with_step(balanced_step(references, tester.multiplier))
         self.layout = layout
         self.confirm = confirm  # flat index -> (disagrees, evaluations)
         self.rng = rng
@@ -212,9 +230,7 @@ class Localiser:
         if not support.any():
             return False
         direction = self.tester.localising(self.rng, support)
-        reference = self.reference
-        predicted = (reference.truncation * (self.tester.step / reference.step) ** 2
-                     * np.linalg.norm(direction) / reference.norm)
+        predicted = self.coefficient * self.tester.step ** 2 * np.linalg.norm(direction)
         result = self.tester.test(direction, "localising", predicted)
         self.found.evaluations += result.evaluations
         return result.failed
@@ -269,16 +285,31 @@ class Localiser:
         return f"{self.layout.label(start)}..{self.layout.label(stop - 1)}"
 
 
-def balanced_step(reference: DirectionResult, multiplier: float) -> float:
-    """h* = h·(z·r / 2T)^(1/3), at most h: the step minimising z·r(h*) + T(h*).
+def truncation_coefficient(results: list[DirectionResult]) -> float:
+    """c = max T/(h²·‖v‖) over the refined tests: the truncation model T(h, v) ≈ c·h²·‖v‖.
 
-    With r(h) ∝ 1/h and T(h) ∝ h², as measured by the reference test at h.  A
-    direction that was not refined (T unknown, so small) keeps its step.
+    The third-derivative term h²·D³f[v,v,v]/6 of incoherent coordinates grows like
+    ‖v‖; taking the largest c over several random directions guards against one
+    whose D³f happened to nearly cancel.
     """
-    if reference.truncation <= 0.0:
-        return reference.step
-    ratio = multiplier * reference.rounding / (2.0 * reference.truncation)
-    return reference.step * min(1.0, ratio ** (1.0 / 3.0))
+    return max((r.truncation / (r.step ** 2 * r.norm) for r in results if r.truncation > 0.0),
+               default=0.0)
+
+
+def balanced_step(results: list[DirectionResult], multiplier: float) -> float:
+    """h* = (z·ρ / (2·c·‖v‖))^(1/3), at most the tests' step: it minimises z·ρ/h + c·h²·‖v‖.
+
+    ρ = r·h is the rounding error times the step (r ∝ 1/h), c from
+    :func:`truncation_coefficient`, ‖v‖ the largest norm tested.  Tests that were
+    never refined (T small) keep their step.
+    """
+    step = max(r.step for r in results)
+    coefficient = truncation_coefficient(results)
+    if coefficient <= 0.0:
+        return step
+    rounding = max(r.rounding * r.step for r in results)
+    norm = max(r.norm for r in results)
+    return min(step, (multiplier * rounding / (2.0 * coefficient * norm)) ** (1.0 / 3.0))
 
 
 def _halves(start: int, stop: int) -> tuple[tuple[int, int], tuple[int, int]]:

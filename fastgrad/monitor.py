@@ -85,6 +85,9 @@ class Monitor:
             raise InputError(f"every must be a positive integer, got {every!r}")
         if not isinstance(sample, (int, np.integer)) or sample < 1:
             raise InputError(f"sample must be a positive integer, got {sample!r}")
+        if isinstance(directions, bool) or not isinstance(directions, (int, np.integer)) \
+                or directions < 0:
+            raise InputError(f"directions must be a non-negative integer, got {directions!r}")
         if on_fail not in ("warn", "raise") and not callable(on_fail):
             raise InputError(f"on_fail must be 'warn', 'raise' or a callable, got {on_fail!r}")
         self.loss, self.grad = loss, grad

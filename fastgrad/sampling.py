@@ -186,6 +186,8 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
     """Stratified sample of flat coordinates: ``sample=k`` (int or fraction of n) or
     ``detect=(p, alpha)`` (k per group for a bug touching a fraction p caught w.p. ≥ 1 − alpha).
     """
+    if sample is not None and detect is not None:
+        raise InputError("give sample= or detect=, not both")
     sizes = [g.size for g in layout.groups]
     if isinstance(sample, (np.ndarray, list, tuple)):
         return coverage_of(layout, _explicit(sample, layout.size), ALPHA if alpha is None else alpha)
@@ -198,6 +200,15 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
     chosen = [group.offset + rng.choice(group.size, size=count, replace=False)
               for group, count in zip(layout.groups, counts)]
     return coverage_of(layout, np.concatenate(chosen), ALPHA if alpha is None else alpha)
+
+
+def generators(seed) -> tuple[np.random.Generator, np.random.Generator, int]:
+    """Independent generators for the sample and the directions of one check, from ``seed``
+    (None: fresh entropy), and the entropy that reproduces them."""
+    sequence = np.random.SeedSequence(seed)
+    sample_seed, direction_seed = sequence.spawn(2)
+    return np.random.default_rng(sample_seed), np.random.default_rng(direction_seed), \
+        sequence.entropy
 
 
 def coverage_of(layout: ParameterLayout, coords: np.ndarray, alpha: float = ALPHA) -> Coverage:

@@ -25,6 +25,9 @@ from .threads import InputModified, chunk_size, run_chunks
 __all__ = ["Engine", "Evaluator", "Workspace", "make_engine", "available_cores", "ENGINES"]
 
 ENGINES = ("auto", "numba", "python")
+#: A batch expected to take less than this runs in the calling thread: starting the
+#: workers and limiting BLAS costs about a millisecond.
+SERIAL_BELOW_SECONDS = 0.01
 
 
 def make_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
@@ -87,6 +90,8 @@ class Engine:
         if rows == 0:
             return np.empty(values.shape)
         workers = max(1, min(self.workers, rows))
+        if rows * points * self.seconds_per_evaluation < SERIAL_BELOW_SECONDS:
+            workers = 1  # starting threads and limiting BLAS would cost more than they save
         size = chunk_size(rows, points, workers, self.seconds_per_evaluation)
         started = time.perf_counter()
         try:
