@@ -23,7 +23,10 @@ memory         peak memory against n, 1 and all workers                    :mod:
 torch          vs torch.autograd.gradcheck (float64)                       :mod:`.peers`
 =============  ==========================================================  ================
 
-torch runs last: its thread pool must not disturb the other timings.  The exit status
+torch runs last: its thread pool must not disturb the other timings.  Before each
+section a full run waits (up to a minute) for other processes to go quiet, and every
+timing records the cores this process got and the cores others used meanwhile
+(``cores_used``, ``others_cores`` in the JSON).  The exit status
 is 0 when every comparison ran (a missed target is a finding, not a failure), 1 when one
 raised (its error is in the table and the JSON).
 """
@@ -37,7 +40,7 @@ import traceback
 
 from ..engine import available_cores
 from . import output as outputs
-from .common import FULL, QUICK, Line, Section, load_average, machine
+from .common import FULL, QUICK, Line, Section, load_average, machine, wait_until_quiet
 from .fresh import measure_first_check, measure_memory
 from .large import measure_logistic
 from .peers import compare_naive, compare_scipy, compare_torch
@@ -47,6 +50,9 @@ from .training import measure_monitor
 __all__ = ["run_bench"]
 
 ERROR = "error"
+#: Before each section of a full run, wait up to this long for other processes to go quiet
+#: (< 0.1 core over 2 s): a shared 2-core machine otherwise halves the parallel figures.
+QUIET_WAIT_S = 60.0
 
 
 def _plan(sizes, done: dict) -> list:
@@ -77,11 +83,18 @@ def run_bench(quick: bool = False, output: str = "fastgrad-bench", plot: bool = 
     started = time.perf_counter()
     done: dict[str, Section] = {}
     plan = _plan(sizes, done)
+    quiet = []
     for step, (key, title, measure) in enumerate(plan, 1):
         print(f"[{step}/{len(plan)}] {title} ...", file=sys.stderr, flush=True)
+        machine_load = {"waited_s": 0.0, "others_cores": None, "quiet": None} if quick \
+            else wait_until_quiet(QUIET_WAIT_S)
+        quiet.append(machine_load["quiet"])
         began = time.perf_counter()
         done[key] = _run_one(key, title, measure)
         done[key].figures["section_seconds"] = time.perf_counter() - began
+        done[key].figures["machine_before"] = machine_load
+    meta["sections_started_quiet"] = "not waited for (quick)" if quick \
+        else f"{sum(quiet)} of {len(quiet)}"
     meta["bench_seconds"] = time.perf_counter() - started
     meta["load_average_end"] = load_average()
     sections = list(done.values())

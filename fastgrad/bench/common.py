@@ -55,7 +55,7 @@ def judged(comparison: str, result: str, target: str, met: bool, why: str = "") 
 
 def skipped(key: str, title: str, why: str) -> Section:
     """A section that could not run (a missing optional dependency), with a clear line."""
-    print(f"  skipped: {why}", flush=True)
+    print(f"  skipped: {why}", file=sys.stderr, flush=True)
     return Section(key, title, {"skipped": why}, [Line(title, "not run", "", SKIPPED, why)])
 
 
@@ -90,7 +90,7 @@ FULL = Sizes(m=16, naive_shapes=((20, 40, 5), (64, 128, 10)),
              sampled_shapes=((20, 40, 5), (64, 128, 10), (512, 192, 10), (1024, 960, 10)),
              sample_k=256, repeats=3, single_calls=200, startup_shape=(20, 40, 5), cold_runs=2,
              warm_runs=3, memory_sizes=(100_000, 300_000, 1_000_000), logistic_n=10_000_000,
-             logistic_m=5000, logistic_k=1000, monitor_steps=2000, monitor_batch=128,
+             logistic_m=5000, logistic_k=1000, monitor_steps=2000, monitor_batch=256,
              monitor_every=100, monitor_shape=(64, 128, 10), monitor_repeats=3)
 
 QUICK = Sizes(m=8, naive_shapes=((8, 16, 4),), scaling_shapes=((8, 16, 4), (20, 40, 5)),
@@ -209,22 +209,61 @@ def load_average() -> list[float] | None:
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
     """Time each of ``fns`` once per round, for ``repeats`` rounds, so that the machine's
-    noise hits them alike; per name the median, every time, and the cores it got (process
-    CPU time / wall time: below the workers, other work took the cores).  Warm them up first."""
-    times: dict[str, list] = {name: [] for name in fns}
-    cores: dict[str, list] = {name: [] for name in fns}
+    noise hits them alike; per name the median, every time, the cores it got (process CPU
+    time / wall time) and the cores other processes used meanwhile.  Warm them up first."""
+    runs: dict[str, list] = {name: [] for name in fns}
     for _ in range(max(1, repeats)):
         for name, fn in fns.items():
-            _, wall, cpu = timed_cpu(fn)
-            times[name].append(wall)
-            cores[name].append(cpu / wall)
-    return {name: {"median_s": statistics.median(values), "times_s": values,
-                   "cores_used": statistics.median(cores[name])}
-            for name, values in times.items()}
+            runs[name].append(timed_cpu(fn)[1:])
+    return {name: {"median_s": statistics.median(wall for wall, _, _ in values),
+                   "times_s": [wall for wall, _, _ in values],
+                   "cores_used": statistics.median(cpu / wall for wall, cpu, _ in values),
+                   "others_cores": median_or_none([others for _, _, others in values])}
+            for name, values in runs.items()}
 
 
-def timed_cpu(fn: Callable[[], object]) -> tuple[object, float, float]:
-    """``fn()``, its wall time and the CPU time of this process (every thread) meanwhile."""
-    cpu = time.process_time()
+def load_text(load: dict) -> str:
+    """'1.02 cores used, others 0.95': this process's CPU time / wall time, and the cores
+    that other processes used meanwhile (then the figure says little about fastgrad)."""
+    others = load.get("others_cores")
+    return (f"{load['cores_used']:.2f} cores used"
+            + ("" if others is None else f", others {others:.2f}"))
+
+
+def median_or_none(values: list):
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
+# ------------------------------------------------------------------------------ machine load
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every CPU has been busy since boot, from /proc/stat (None elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_cpu(fn: Callable[[], object]) -> tuple[object, float, float, float | None]:
+    """``fn()``, its wall time, this process's CPU time meanwhile (every thread), and the
+    cores other processes used meanwhile (None without /proc/stat; 10 ms resolution)."""
+    busy, cpu = _machine_busy_seconds(), time.process_time()
     value, wall = timed(fn)
-    return value, wall, time.process_time() - cpu
+    cpu = time.process_time() - cpu
+    after = _machine_busy_seconds()
+    others = None if busy is None or after is None else max(0.0, (after - busy - cpu) / wall)
+    return value, wall, cpu, others
+
+
+def wait_until_quiet(limit_s: float, quiet_cores: float = 0.1) -> dict:
+    """Wait up to ``limit_s`` until other processes use < ``quiet_cores`` over 2 s."""
+    started = time.perf_counter()
+    while True:
+        others = timed_cpu(lambda: time.sleep(2.0))[3]
+        waited = time.perf_counter() - started
+        if others is None or others < quiet_cores or waited >= limit_s:
+            return {"waited_s": waited, "others_cores": others,
+                    "quiet": others is not None and others < quiet_cores}

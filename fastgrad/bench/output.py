@@ -26,7 +26,10 @@ def markdown(meta: dict, sections: list[Section]) -> str:
          f"at the start, {meta.get('load_average_end')} at the end"),
         f"- versions: {versions}",
         f"- command: `{meta['command']}`",
-        f"- mode: {meta['mode']}", "",
+        f"- mode: {meta['mode']}",
+        (f"- machine load: sections started with other processes quiet (< 0.1 core): "
+         f"{meta.get('sections_started_quiet', '?')}; each timing's own figures are in the JSON "
+         "(cores_used: this process; others_cores: everyone else)"), "",
         HEADER, "|---|---|---|---|",
     ]
     for section in sections:

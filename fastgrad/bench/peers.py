@@ -12,7 +12,7 @@ import numpy as np
 
 from ..api import check
 from ..models import mlp
-from .common import Line, Section, Sizes, fmt_seconds, fmt_speedup, interleaved, judged, skipped
+from .common import Line, Section, Sizes, fmt_seconds, fmt_speedup, interleaved, judged, load_text, skipped
 from .scaling import kernel_seconds, loss_seconds
 
 #: The classic step of the naive loop.
@@ -104,8 +104,8 @@ def _naive_why(name, ratio, target, times, problem, workers, kernel_s) -> str:
             f"Python), the check's serial kernel {fmt_seconds(kernel_s)}: with {workers} workers "
             f"the check can be at most {bound:.2f}× faster, and it spends "
             f"{fmt_seconds(max(fixed, 0.0))} beyond 2n·T_kernel/{workers} (noise estimate, "
-            f"gradient, analysis, threads, and any core taken by other processes: it got "
-            f"{times['check']['cores_used']:.2f} cores)"
+            f"gradient, analysis, threads, and any core taken by other processes: "
+            f"{load_text(times['check'])})"
             + ("; the NumPy loss does its products in BLAS, about as fast per call as the "
                "loop-based Numba loss" if name == "naive_numpy" else ""))
 
