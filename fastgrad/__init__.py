@@ -23,18 +23,18 @@ def plan_sample(theta, *, sample=None, detect=None, seed=None) -> Coverage:
     return sample_coordinates(layout, sample=sample, detect=detect, seed=generators(seed)[0])
 
 __all__ = [
-    "check",
-    "assert_gradient",
-    "numerical_gradient",
-    "Report",
-    "Monitor",
-    "step_scan",
-    "StepScan",
-    "GradientCheckWarning",
     "Coverage",
-    "plan_sample",
     "GradientCheckError",
+    "GradientCheckWarning",
     "InputError",
     "LossError",
+    "Monitor",
+    "Report",
+    "StepScan",
     "__version__",
+    "assert_gradient",
+    "check",
+    "numerical_gradient",
+    "plan_sample",
+    "step_scan",
 ]

@@ -113,7 +113,8 @@ class DirectionalTester:
         self.sigma = sigma
         self.step = relative_step
         self.multiplier = multiplier
-        self.scale = np.maximum(1.0, np.abs(theta.astype(np.float64)))
+        self.base = theta.astype(np.float64, copy=False)
+        self.scale = np.maximum(1.0, np.abs(self.base))
 
     def gaussian(self, rng: np.random.Generator) -> np.ndarray:
         """v = Z·s, Z ~ N(0, I)."""
@@ -127,12 +128,12 @@ class DirectionalTester:
     def _difference(self, direction: np.ndarray, multiple: float):
         """(N, A, r) at step multiple·h0: numerical, analytic and rounding std, per unit h0."""
         dtype = self.theta.dtype
-        base = self.theta.astype(np.float64)
         step = multiple * self.step
-        plus = (base + step * direction).astype(dtype)
-        minus = (base - step * direction).astype(dtype)
+        move = step * direction
+        plus = (self.base + move).astype(dtype, copy=False)
+        minus = (self.base - move).astype(dtype, copy=False)
         f_plus, f_minus = self.run.at(plus, "along a direction"), self.run.at(minus, "along a direction")
-        offsets = plus.astype(np.float64) - minus.astype(np.float64)
+        offsets = plus.astype(np.float64, copy=False) - minus.astype(np.float64, copy=False)
         terms = self.analytic * offsets
         magnitude = float(np.abs(terms).sum())
         numerical = (f_plus - f_minus) / (2.0 * step)

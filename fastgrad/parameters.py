@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class Group:
     shape: tuple[int, ...]
     offset: int
 
-    @property
+    @cached_property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
@@ -182,10 +183,12 @@ class ParameterLayout:
 
     def label(self, flat_index: int) -> str:
         """A coordinate's name: ``W2[3, 17]``, ``theta[5]``, or ``lr`` for a 0-d group."""
-        group, index = self.multi_index(flat_index)
-        if not index:
-            return group.name
-        return f"{group.name}[{', '.join(map(str, index))}]"
+        return format_label(*self.multi_index(flat_index))
+
+
+def format_label(group: Group, index: tuple[int, ...]) -> str:
+    """``W2[3, 17]`` for group W2 and multi-index (3, 17); the bare name for a 0-d group."""
+    return f"{group.name}[{', '.join(map(str, index))}]" if index else group.name
 
 
 def _as_real_array(value, what: str) -> np.ndarray:

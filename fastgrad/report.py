@@ -9,7 +9,7 @@ import numpy as np
 from . import analysis
 from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
 from .directions import DirectionResult
-from .parameters import ParameterLayout
+from .parameters import ParameterLayout, format_label
 from .sampling import Coverage
 
 #: How many of the worst coordinates a report lists.
@@ -232,7 +232,7 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
     for row in order:
         group, index = layout.multi_index(int(coords[row]))
         results.append(CoordinateResult(
-            label=layout.label(int(coords[row])), group=group.name, index=index,
+            label=format_label(group, index), group=group.name, index=index,
             analytic=float(analytic[row]), numerical=float(numerical[row]),
             difference=float(numerical[row] - analytic[row]),
             error_estimate=float(error[row]), score=float(score[row]),

@@ -9,7 +9,6 @@ and the problems are session-scoped.
 from __future__ import annotations
 
 import numba
-import numpy as np
 import pytest
 
 from fastgrad.models import mlp

@@ -68,10 +68,9 @@ def test_limits_inside_and_restores_after(implementation):
 
 
 def test_restores_when_the_body_raises(implementation):
-    with pytest.raises(KeyError, match="boom"):
-        with blas.limit_blas_threads(1):
-            assert set(observed().values()) == {1}
-            raise KeyError("boom")
+    with pytest.raises(KeyError, match="boom"), blas.limit_blas_threads(1):
+        assert set(observed().values()) == {1}
+        raise KeyError("boom")
     assert set(observed().values()) == {BASELINE}
 
 
@@ -106,6 +105,7 @@ def test_fallback_without_proc_maps_does_nothing(monkeypatch):
         raise FileNotFoundError("/proc/self/maps")
 
     monkeypatch.setattr(blas, "USE_THREADPOOLCTL", False)
+    monkeypatch.setattr(blas, "_found", {})  # forget what an earlier scan found
     monkeypatch.setattr(blas, "open", no_maps, raising=False)
     before = observed()
     assert blas.blas_thread_info() == []

@@ -89,7 +89,7 @@ def test_dict_theta_compiled_is_bit_identical_across_workers(mlp_problem):
 
 
 def test_engine_python_on_a_compiled_loss_over_a_dict(mlp_problem):
-    problem, args, grad = mlp_problem
+    problem, args, _ = mlp_problem
     reference = fg.numerical_gradient(mlp.loss, problem.params, args, workers=1)
     numerical = fg.numerical_gradient(mlp.loss, problem.params, args, engine="python")
     for key in mlp.KEYS:

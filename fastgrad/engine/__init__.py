@@ -22,7 +22,7 @@ from .compiled import CompiledEvaluator, available_cores, is_compiled
 from .python import PythonEvaluator
 from .threads import InputModified, chunk_size, run_chunks
 
-__all__ = ["Engine", "Evaluator", "Workspace", "make_engine", "available_cores", "ENGINES"]
+__all__ = ["ENGINES", "Engine", "Evaluator", "Workspace", "available_cores", "make_engine"]
 
 ENGINES = ("auto", "numba", "python")
 #: A batch expected to take less than this runs in the calling thread: starting the

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import sys
 from collections.abc import Iterator
 
 #: Use threadpoolctl when importable.  Set to False to force the fallback (tests do).
@@ -21,10 +22,13 @@ USE_THREADPOOLCTL = True
 # Exported names are {prefix}openblas_{get,set}_num_threads{suffix}: plain builds
 # have no affixes; scipy-openblas wheels add "scipy_" and, with 64-bit ints, "64_".
 _AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
-# path -> (get, set) or None: safe to keep, a loaded library keeps its symbols.  The
-# list of loaded libraries is not (Numba loads scipy's OpenBLAS when it first
-# compiles a matrix product), so /proc/self/maps is re-read on each use (~0.5 ms).
+# path -> (get, set) or None: safe to keep, a loaded library keeps its symbols.
 _controls: dict[str, tuple | None] = {}
+# The list of loaded libraries changes (Numba loads scipy's OpenBLAS when it first
+# compiles a matrix product, through an import), and finding them costs 0.5-2 ms
+# (/proc/self/maps, or threadpoolctl's scan): too much for every batch of a small
+# check.  So the list found is kept while sys.modules keeps its size.
+_found: dict[str, tuple] = {}
 
 
 @functools.cache
@@ -36,8 +40,26 @@ def _threadpoolctl():
         return None
 
 
+def _while_modules_unchanged(name: str, find):
+    """``find()``, reused until a module is imported (or removed): see :data:`_found`."""
+    key = len(sys.modules)
+    cached = _found.get(name)
+    if cached is None or cached[0] != key:
+        cached = _found[name] = (key, find())
+    return cached[1]
+
+
+def _controller(tpc):
+    """threadpoolctl's controller of the loaded libraries."""
+    return _while_modules_unchanged("threadpoolctl", tpc.ThreadpoolController)
+
+
 def _loaded_openblas() -> list[tuple[str, tuple]]:
     """(path, (get, set)) for each OpenBLAS mapped into this process; [] off Linux."""
+    return _while_modules_unchanged("openblas", _scan_openblas)
+
+
+def _scan_openblas() -> list[tuple[str, tuple]]:
     try:
         with open("/proc/self/maps", "rb") as maps:  # "addr perms offset dev inode path"
             fields = [line.split(maxsplit=5) for line in maps.read().splitlines()
@@ -73,7 +95,7 @@ def limit_blas_threads(limit: int = 1) -> Iterator[None]:
     Nests.  Uses overlapping in different threads each restore what they saw on entry."""
     tpc = _threadpoolctl() if USE_THREADPOOLCTL else None
     if tpc is not None:
-        with tpc.threadpool_limits(limits=limit, user_api="blas"):
+        with _controller(tpc).limit(limits=limit, user_api="blas"):
             yield
         return
     previous = [(set_, get()) for _, (get, set_) in _loaded_openblas()]
