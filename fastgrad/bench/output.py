@@ -91,8 +91,8 @@ def plot(stem: str, sections: dict[str, Section]) -> Path | None:
         return None
     figure, axes = plt.subplots(2, 2, figsize=(11, 8))
     growth = sections.get("growth")
+    _plot_versus_peers(axes[0, 0], sections)
     if growth is not None:
-        _plot_full(axes[0, 0], growth.figures["full"], sections["efficiency"].figures["workers"])
         _plot_sampled(axes[0, 1], growth.figures["sampled"], growth.figures["sample_k"])
         _plot_directional(axes[1, 0], growth.figures["directional"])
     memory = sections.get("memory")
@@ -105,13 +105,37 @@ def plot(stem: str, sections: dict[str, Section]) -> Path | None:
     return path
 
 
-def _plot_full(ax, rows, workers):
-    n = [row["n"] for row in rows]
-    ax.loglog(n, [row["t_check_s"] for row in rows], "o-", label="full check")
-    ax.loglog(n, [2 * row["n"] * row["t_f_s"] / workers for row in rows], "k--",
-              label=f"2n·T_f / {workers} workers")
-    ax.set(xlabel="n", ylabel="seconds", title="full check: time ∝ n·T_f")
-    ax.legend()
+#: (section, timing name, label, style) of the curves of time against n.
+PEER_CURVES = (("naive", "check", "fastgrad full check", "o-"),
+               ("naive", "naive_compiled", "naive loop, compiled loss", "s--"),
+               ("naive", "naive_numpy", "naive loop, NumPy loss", "^--"),
+               ("scipy", "scipy_check_grad", "scipy check_grad", "d:"),
+               ("torch", "gradcheck", "torch gradcheck", "v:"))
+
+
+def _rows_by_n(section: Section | None) -> list[dict]:
+    """A comparison's per-size figures (dicts with "n" and "times"), smallest n first."""
+    if section is None:
+        return []
+    rows = [value for value in section.figures.values()
+            if isinstance(value, dict) and "n" in value and "times" in value]
+    return sorted(rows, key=lambda row: row["n"])
+
+
+def _plot_versus_peers(ax, sections: dict[str, Section]) -> None:
+    """Wall time of a full check against n: fastgrad, the naive loops and SciPy, same loss."""
+    for key, name, label, style in PEER_CURVES:
+        rows = [row for row in _rows_by_n(sections.get(key)) if name in row["times"]]
+        if rows:
+            ax.loglog([row["n"] for row in rows], [row["times"][name]["median_s"] for row in rows],
+                      style, label=label)
+    growth = sections.get("growth")
+    if growth is not None and "full" in growth.figures:
+        rows = growth.figures["full"]
+        ax.loglog([row["n"] for row in rows], [row["t_check_s"] for row in rows], "o-",
+                  color="C0", alpha=0.4, label="fastgrad full check (growth section)")
+    ax.set(xlabel="n", ylabel="seconds", title="full check of the MLP: time against n")
+    ax.legend(fontsize="small")
 
 
 def _plot_sampled(ax, rows, k):
