@@ -31,8 +31,8 @@ STATUSES = {"met", "MISSED", "skipped", "n/a", ""}
 def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     stem = tmp_path_factory.mktemp("bench") / "b"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "fastgrad", "bench", "--quick", "--output",
-                           str(stem)], capture_output=True, text=True, timeout=600, env=env,
+    done = subprocess.run([sys.executable, "-m", "fastgrad", "bench", "--quick", "--plot",
+                           "--output", str(stem)], capture_output=True, text=True, timeout=600, env=env,
                           check=False)
     return done, stem
 
@@ -68,6 +68,17 @@ def test_comparisons_ran_unless_a_dependency_is_missing(quick_run):
         assert "error" not in figures, figures.get("traceback")
         installed = key not in OPTIONAL or importlib.util.find_spec(OPTIONAL[key]) is not None
         assert ("skipped" in figures) == (not installed), (key, figures.get("skipped"))
+
+
+def test_plot_is_saved_with_matplotlib_or_explained_without(quick_run):
+    done, stem = quick_run
+    png = stem.with_suffix(".png")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert not png.exists()
+        assert "--plot needs matplotlib" in done.stderr
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 10_000  # four panels, not an empty figure
 
 
 def test_markdown_table_has_a_header_row(quick_run):
