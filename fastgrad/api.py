@@ -27,7 +27,7 @@ from .derivatives import (
 from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
 from .engine import Engine, make_engine
 from .errors import InputError, LossError
-from .noise import estimate_noise
+from .noise import estimate_noise, estimate_noise_on
 from .parameters import ParameterLayout
 from .plan import Plan, check_eps, directional_relative_step
 from .report import Report, build_report
@@ -35,6 +35,10 @@ from .sampling import generators, sample_coordinates
 
 #: Fixed seed of the direction along which the loss's noise is measured: checks are reproducible.
 NOISE_SEED = 20261128
+#: A sampled check of a large θ measures the noise along a direction that moves the sampled
+#: coordinates and this many others (a random choice), at O(k) cost per point instead of O(n):
+#: its σ bounds the noise of each sampled coordinate's difference (see estimate_noise_on).
+NOISE_OTHERS = 4096
 #: Localisation budget: this many evaluations per halving of n, plus the extra (see directions.py).
 LOCALISATION_PER_HALVING = 10
 LOCALISATION_EXTRA = 100
@@ -110,8 +114,9 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     run.progress = progress
     f0 = run.at(theta_flat)
-    noise = estimate_noise(lambda point: run.at(point, "near theta (noise estimate)"),
-                           theta_flat, rng=np.random.default_rng(NOISE_SEED))
+    # Directions move every coordinate: their differences need a dense direction's noise.
+    noise = _noise_estimate(run, theta_flat,
+                            None if coverage is None or directions else coverage.coords)
     require_same(f0, noise.f0, layout.dtype, "twice in a row")
     relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     if coverage is not None:
@@ -265,6 +270,20 @@ def require_same(first: float, second: float, dtype, when: str) -> None:
         raise LossError(f"the loss is not deterministic: f(theta) was {first!r} and {second!r} "
                         f"{when} (difference {second - first:.3e}); dropout or an unseeded "
                         "random generator? Fix its seed for the check.")
+
+
+def _noise_estimate(run, theta: np.ndarray, coords: np.ndarray | None):
+    """ECnoise at θ along a random direction (fixed seed): a dense one, or, when only the
+    sampled coordinates ``coords`` of a large θ are differenced, one that moves them and
+    NOISE_OTHERS others, so that the estimate costs O(k), not O(n), per point."""
+    rng = np.random.default_rng(NOISE_SEED)
+    where = "near theta (noise estimate)"
+    if coords is not None and coords.size + NOISE_OTHERS < theta.size // 4:
+        others = rng.choice(theta.size, NOISE_OTHERS, replace=False)
+        support = np.union1d(coords, others)
+        return estimate_noise_on(lambda values: run.at_changed(support, values, where), theta,
+                                 support, rng=rng)
+    return estimate_noise(lambda point: run.at(point, where), theta, rng=rng)
 
 
 def _directional(context: Context, layout: ParameterLayout, count: int,

@@ -159,18 +159,15 @@ def random_direction(x: np.ndarray, rng: np.random.Generator,
     return g / np.linalg.norm(g) * np.maximum(1.0, np.abs(x))
 
 
-def stencil_values(f: Callable, x: np.ndarray, p: np.ndarray, step: float, f0: float,
-                   count: int, dtype) -> np.ndarray:
-    """f_j = f(x + (j − ⌊count/2⌋)·step·p), j = 0..count−1, with f_{⌊count/2⌋} = f0 reused.
+def stencil_values(line: Callable[[float], float], step: float, f0: float, count: int
+                   ) -> np.ndarray:
+    """f_j = line((j − ⌊count/2⌋)·step), j = 0..count−1, with f_{⌊count/2⌋} = f0 reused.
 
-    Each point is formed in float64 and rounded once to ``dtype``, a fresh array
-    for every call.  Makes count − 1 calls of f.
+    ``line(t)`` is f at x + t·p (see :func:`estimate_noise`).  Makes count − 1 calls.
     """
     center = count // 2
-    return np.array([
-        f0 if j == center else float(f((x + ((j - center) * step) * p).astype(dtype)))
-        for j in range(count)
-    ])
+    return np.array([f0 if j == center else float(line((j - center) * step))
+                     for j in range(count)])
 
 
 def next_step(step: float, factor: float, code: int, previous_code: int | None
@@ -230,6 +227,40 @@ def estimate_noise(f: Callable, x, *, direction=None, rng=None, nf: int = DEFAUL
         1e5 terms whose noise is ~100·u·|f0|, would report correct gradients as
         wrong.  The checker also warns whenever the noise was not detected.
     """
+    x, base, dtype, step = _validated(x, nf, max_tries, step)
+    p = random_direction(base, np.random.default_rng(rng), direction)
+    return _ecnoise_along(lambda t: f((base + t * p).astype(dtype)), f(x.astype(dtype)), dtype,
+                          step, nf, max_tries)
+
+
+def estimate_noise_on(f_changed: Callable, x, support, *, rng=None, nf: int = DEFAULT_POINTS,
+                      step: float | None = None, max_tries: int = 4) -> NoiseEstimate:
+    """:func:`estimate_noise` along a random direction that moves only x[support].
+
+    ``f_changed(values)`` is f at x with x[support] replaced by ``values`` (a fresh array
+    of x's working dtype): a caller that keeps a copy of x can evaluate it in
+    O(len(support)), not O(n), and for a sampled check of a large θ the noise estimate
+    then costs what its evaluations cost.
+
+    What it measures: moving x[support] changes every computation that depends on any
+    of those coordinates, hence at least the computations that moving one of them
+    changes.  So σ along such a direction bounds the noise of a difference in any
+    single coordinate of the support, as a dense direction's σ does, only less
+    loosely: in a sum Σ t_i accumulated left to right, the roundings of unchanged
+    terms do not change, and σ grows like √(len(support)) rather than √n.
+    """
+    x, base, dtype, step = _validated(x, nf, max_tries, step)
+    support = np.asarray(support, dtype=np.int64)
+    if support.ndim != 1 or support.size == 0:
+        raise InputError("support must be a nonempty 1-D array of indices")
+    moved = base[support]
+    p = random_direction(moved, np.random.default_rng(rng))
+    return _ecnoise_along(lambda t: f_changed((moved + t * p).astype(dtype)),
+                          f_changed(x[support].astype(dtype)), dtype, step, nf, max_tries)
+
+
+def _validated(x, nf: int, max_tries: int, step: float | None):
+    """(x, x in float64, working dtype, initial step), or InputError."""
     x = np.asarray(x)
     if x.ndim != 1 or x.size == 0:
         raise InputError(f"x must be a nonempty 1-D array, got shape {x.shape}")
@@ -242,9 +273,13 @@ def estimate_noise(f: Callable, x, *, direction=None, rng=None, nf: int = DEFAUL
     step = default_step(dtype) if step is None else float(step)
     if not (math.isfinite(step) and step > 0.0):
         raise InputError(f"step must be positive and finite, got {step}")
-    p = random_direction(base, np.random.default_rng(rng), direction)
+    return x, base, dtype, step
 
-    f0 = float(f(x.astype(dtype)))
+
+def _ecnoise_along(line: Callable[[float], float], f0, dtype, step: float, nf: int,
+                   max_tries: int) -> NoiseEstimate:
+    """ECnoise on ``line(t)`` = f(x + t·p), with f0 = f(x), adapting the step δ."""
+    f0 = float(f0)
     if not math.isfinite(f0):
         raise LossError(f"f(x) = {f0} is not finite")
     evaluations = 1
@@ -254,7 +289,7 @@ def estimate_noise(f: Callable, x, *, direction=None, rng=None, nf: int = DEFAUL
         if code is not None:
             step, factor = next_step(step, factor, code, previous_code)
             previous_code = code
-        fvals = stencil_values(f, base, p, step, f0, nf, dtype)
+        fvals = stencil_values(line, step, f0, nf)
         evaluations += nf - 1
         sigma, code = ecnoise(fvals)
         if code == NOISE_DETECTED:

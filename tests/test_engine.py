@@ -163,3 +163,44 @@ def test_blas_loss_is_bit_identical_across_workers_and_passes(record_score):
     assert np.array_equal(fg.numerical_gradient(matmul_loss, W, (X, Y), workers=2), one.numerical)
     assert np.all(np.isfinite(one.numerical))
     record_score("blas X@W workers=2", two, "correct")
+
+
+# ---------------------------------------------------------------- single evaluations
+def test_at_changed_evaluates_in_place_and_restores():
+    """f(θ with θ[S] = values) equals f at the full point; the private copy is restored."""
+    from fastgrad.engine import make_engine
+    from fastgrad.parameters import ParameterLayout
+
+    theta = np.linspace(-1.0, 1.0, 1000)
+    layout, flat = ParameterLayout.from_theta(theta, None)
+    run = make_engine(lambda t: float(np.sum(np.sin(t) * np.arange(t.size))), flat, (), layout,
+                      "auto", 1)
+    support, values = np.array([3, 500, 999]), np.array([0.25, -2.0, 7.0])
+    point = flat.copy()
+    point[support] = values
+    assert run.at_changed(support, values, "here") == run.at(point)
+    assert run.at_changed(support[:0], values[:0], "here") == run.at(flat)
+    assert np.array_equal(run._single.flat, flat)
+    assert run.evaluations == 4
+
+
+def test_at_changed_catches_writes_and_names_the_loss_error():
+    from fastgrad.engine import make_engine
+    from fastgrad.parameters import ParameterLayout
+
+    layout, flat = ParameterLayout.from_theta(np.ones(50), None)
+
+    def writes(t):
+        t[7] = 0.0
+        return 1.0
+
+    def raises(t):
+        raise ValueError("bad")
+
+    with pytest.raises(fg.LossError, match="modifies its input"):
+        make_engine(writes, flat, (), layout, "auto", 1).at_changed(np.array([7]),
+                                                                    np.array([2.0]), "here")
+    run = make_engine(raises, flat, (), layout, "auto", 1)
+    with pytest.raises(fg.LossError, match="raised ValueError here: bad"):
+        run.at_changed(np.array([7]), np.array([2.0]), "here")
+    assert np.array_equal(run._single.flat, flat)  # restored after the error

@@ -35,8 +35,7 @@ def measure_logistic(sizes: Sizes) -> Section:
     outside = second_s - run["engine_s"] - run["noise_s"]
     why = (f"{fmt_seconds(run['engine_s'])} in the parallel evaluations of the {k:,} "
            f"coordinates (serially {fmt_seconds(2 * k * t_f)} at the best T_f), "
-           f"{fmt_seconds(run['noise_s'])} in the noise estimate (a random direction and its "
-           f"points are full n-vectors, each copied and compared in Engine.at), "
+           f"{fmt_seconds(run['noise_s'])} in the noise estimate, "
            f"{fmt_seconds(outside)} elsewhere (flattening, the analytic gradient, the report: "
            f"O(n)); {load_text(run)}")
     figures["why"] = "" if second_s < TARGET_S else why
@@ -59,7 +58,7 @@ def measure_logistic(sizes: Sizes) -> Section:
 
 def _warm_run(sampled) -> dict:
     """One warm sampled check: wall time, time in the engine and in the noise estimate, cores."""
-    with time_in_engine() as engine, time_in(api, "estimate_noise") as noise:
+    with time_in_engine() as engine, time_in(api, "_noise_estimate") as noise:
         report, wall, cpu, others = timed_cpu(sampled)
     return {"wall_s": wall, "engine_s": engine["seconds"], "noise_s": noise["seconds"],
             "cores_used": cpu / wall, "others_cores": others, "evaluations": report.evaluations,

@@ -9,6 +9,7 @@ the step.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -60,6 +61,7 @@ class Engine:
         self.evaluations = 0
         self.seconds_per_evaluation = 1e-3  # refined by every call to at()
         self.progress: Callable[[int, int], None] | None = None
+        self._single: Workspace | None = None  # for at_changed, made on first use
 
     @property
     def name(self) -> str:
@@ -67,10 +69,36 @@ class Engine:
 
     def at(self, point: np.ndarray, where: str = "at theta", complex_ok: bool = False):
         """f(point) as a float (or a complex with ``complex_ok``); the loss must return a
-        finite scalar and leave its input alone."""
+        finite scalar and leave its input alone (the whole input is compared)."""
+        with self._single_call(where):
+            value, given = self.evaluator.at(point)
+        changed = np.flatnonzero(given != np.asarray(point, dtype=given.dtype))
+        if changed.size:
+            raise LossError(f"the loss modifies its input: {self.layout.label(int(changed[0]))} "
+                            f"changed {where} (copy theta before writing to it)")
+        return _as_scalar(value, where, complex_ok)
+
+    def at_changed(self, indices: np.ndarray, values: np.ndarray, where: str) -> float:
+        """f(θ with θ[indices] = values) as a float, in a private copy of θ kept for such
+        calls: O(len(indices)) per call besides the loss, where :meth:`at` is O(n).
+
+        Only the changed entries are checked for writes by the loss (:meth:`at` at θ,
+        and the chunk runs, check all of them).
+        """
+        if self._single is None:
+            self._single = self.evaluator.workspace()
+        with self._single_call(where):
+            value, intact = self.evaluator.at_changed(self._single, indices, values)
+        if not intact:
+            raise LossError(f"the loss modifies its input {where} (copy theta before writing to it)")
+        return _as_scalar(value, where)
+
+    @contextlib.contextmanager
+    def _single_call(self, where: str):
+        """Time and count one evaluation; turn the loss's exceptions into fastgrad's."""
         started = time.perf_counter()
         try:
-            value, given = self.evaluator.at(point)
+            yield
         except NumbaError as error:
             raise InputError(f"the compiled loss cannot be called with these arguments: {error}"
                              ) from error
@@ -78,11 +106,6 @@ class Engine:
             raise LossError(f"the loss raised {type(error).__name__} {where}: {error}") from error
         self.seconds_per_evaluation = time.perf_counter() - started
         self.evaluations += 1
-        changed = np.flatnonzero(given != np.asarray(point, dtype=given.dtype))
-        if changed.size:
-            raise LossError(f"the loss modifies its input: {self.layout.label(int(changed[0]))} "
-                            f"changed {where} (copy theta before writing to it)")
-        return _as_scalar(value, where, complex_ok)
 
     def perturbed(self, coords: np.ndarray, values: np.ndarray) -> np.ndarray:
         """out[j, q] = f(θ with θ[coords[j]] = values[j, q]), all finite, as float64."""

@@ -53,6 +53,21 @@ class Evaluator(ABC):
         work = np.array(point, dtype=self.theta.dtype)
         return self.loss(self.view(work), *self.args), work
 
+    def at_changed(self, workspace: Workspace, indices: np.ndarray, values: np.ndarray):
+        """The raw return value of the loss at θ with θ[indices] = values, evaluated in
+        ``workspace`` (restored on return), and whether the loss left those entries alone.
+
+        O(len(indices)) besides the loss itself: no copy of θ.
+        """
+        flat = workspace.flat
+        flat[indices] = values
+        try:
+            value = self.loss(workspace.view, *self.args)
+            intact = bool(np.array_equal(flat[indices], values))
+        finally:
+            flat[indices] = self.theta[indices]
+        return value, intact
+
     @abstractmethod
     def evaluate_chunk(self, workspace: Workspace, coords: np.ndarray, values: np.ndarray,
                        out: np.ndarray, start: int, stop: int) -> None:
