@@ -283,7 +283,7 @@ def _noise_estimate(run, theta: np.ndarray, coords: np.ndarray | None):
         support = np.union1d(coords, others)
         return estimate_noise_on(lambda values: run.at_changed(support, values, where), theta,
                                  support, rng=rng)
-    return estimate_noise(lambda point: run.at(point, where), theta, rng=rng)
+    return estimate_noise(lambda point: run.at(point, where, fresh=True), theta, rng=rng)
 
 
 def _directional(context: Context, layout: ParameterLayout, count: int,

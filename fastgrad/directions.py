@@ -132,8 +132,9 @@ class DirectionalTester:
         move = step * direction
         plus = (self.base + move).astype(dtype, copy=False)
         minus = (self.base - move).astype(dtype, copy=False)
-        f_plus, f_minus = self.run.at(plus, "along a direction"), self.run.at(minus, "along a direction")
         offsets = plus.astype(np.float64, copy=False) - minus.astype(np.float64, copy=False)
+        f_plus = self.run.at(plus, "along a direction", fresh=True)
+        f_minus = self.run.at(minus, "along a direction", fresh=True)
         terms = self.analytic * offsets
         magnitude = float(np.abs(terms).sum())
         numerical = (f_plus - f_minus) / (2.0 * step)

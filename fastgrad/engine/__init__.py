@@ -67,11 +67,19 @@ class Engine:
     def name(self) -> str:
         return self.evaluator.name
 
-    def at(self, point: np.ndarray, where: str = "at theta", complex_ok: bool = False):
+    def at(self, point: np.ndarray, where: str = "at theta", complex_ok: bool = False,
+           fresh: bool = False):
         """f(point) as a float (or a complex with ``complex_ok``); the loss must return a
-        finite scalar and leave its input alone (the whole input is compared)."""
+        finite scalar and leave its input alone: it gets a copy, compared afterwards.
+
+        ``fresh=True``: ``point`` is a new array that the caller no longer needs intact
+        (a point along a direction); it is handed over as is, neither copied nor compared,
+        saving two passes over n (writes by the loss are caught at θ and in the chunks).
+        """
         with self._single_call(where):
-            value, given = self.evaluator.at(point)
+            value, given = self.evaluator.at(point, copy=not fresh)
+        if fresh:
+            return _as_scalar(value, where, complex_ok)
         changed = np.flatnonzero(given != np.asarray(point, dtype=given.dtype))
         if changed.size:
             raise LossError(f"the loss modifies its input: {self.layout.label(int(changed[0]))} "

@@ -48,9 +48,10 @@ class Evaluator(ABC):
     def workspace(self) -> Workspace:
         return Workspace(self.theta, self.view)
 
-    def at(self, point: np.ndarray):
-        """The raw return value of the loss at the flat ``point``, and the copy it was given."""
-        work = np.array(point, dtype=self.theta.dtype)
+    def at(self, point: np.ndarray, copy: bool = True):
+        """The raw return value of the loss at the flat ``point``, and the array it was given
+        (a copy of ``point``, or, with ``copy=False``, ``point`` itself in θ's dtype)."""
+        work = np.array(point, dtype=self.theta.dtype, copy=copy or None)
         return self.loss(self.view(work), *self.args), work
 
     def at_changed(self, workspace: Workspace, indices: np.ndarray, values: np.ndarray):
