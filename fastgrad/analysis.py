@@ -54,6 +54,16 @@ def richardson_rounding_std(r_step, r_double):
     return np.hypot(4.0 / 3.0 * r_step, r_double / 3.0)
 
 
+def richardson4(r_step, r_double):
+    """R₆ = (16·R(h) − R(2h)) / 15: cancels the h⁴ term of the 4-point values R, O(h⁶)."""
+    return (16.0 * r_step - r_double) / 15.0
+
+
+def richardson4_rounding_std(r_step, r_double):
+    """Standard deviation of R₆'s rounding error: √((16/15)²·r(h)² + (1/15)²·r(2h)²)."""
+    return np.hypot(16.0 / 15.0 * r_step, r_double / 15.0)
+
+
 def noise_multiplier(count: int, false_alarm: float = FALSE_ALARM) -> float:
     """z with count · P(|N(0,1)| > z/F) ≤ false_alarm, F = NOISE_ESTIMATE_FACTOR.
 

@@ -151,11 +151,13 @@ def _refine(context: Context, again: Plan, method: str, rows, analytic, near, ne
                       (near[:, 1], far[:, 1], near_taken[:, 1])
     else:
         r_double = rounding(context, near[:, 2:], near_taken[:, 2:])
+        first = numerical[rows]  # R(h), fourth order
         coarse = analysis.richardson(central(near[:, 2:], near_taken[:, 2:]),
-                                     central(far, far_taken))
-        better = numerical[rows]
-        truncation = np.abs(better - coarse) / 15.0  # R(h) − R(2h) ≈ 15·(error of R(h))
-        r_better = rounding_std[rows] + analysis.richardson_rounding_std(r_double, r_far) / 15.0
+                                     central(far, far_taken))  # R(2h)
+        better = analysis.richardson4(first, coarse)  # sixth order
+        truncation = np.abs(first - better)  # the error of R(h), an upper bound for better's
+        r_better = analysis.richardson4_rounding_std(
+            rounding_std[rows], analysis.richardson_rounding_std(r_double, r_far))
         plus, minus = (near[:, 0], near[:, 2], near_taken[:, 0]), \
                       (near[:, 1], near[:, 3], near_taken[:, 1])
     numerical[rows] = better

@@ -318,3 +318,25 @@ def test_a_factor_two_on_w2_fails_and_the_correct_gradient_passes(problems, meth
     assert bad.groups[2].failed >= int(visible.sum())
     assert bad.relative_error > 1e-3  # the seed's "wrong" band
     assert bad.worst[0].group == "W2" and bad.worst[0].status == "fail"
+
+
+@pytest.mark.parametrize("frequency", [50.0, 100.0, 200.0])
+def test_central4_refined_values_keep_a_margin_where_truncation_dominates(frequency):
+    """Σ sin(w·θ_i): at the default step u^(1/5) every coordinate's 4-point value errs by
+    truncation far above rounding.  The refined value is the sixth-order extrapolation,
+    judged against the estimated error of the fourth-order one: a correct gradient passes
+    with room to spare (with the fourth-order value judged against its own estimated
+    error, 48 of 50 coordinates scored just above 1), and a relative 1e-4 error fails."""
+    theta = np.random.default_rng(0).uniform(-1.0, 1.0, 50)
+
+    def loss(t):
+        return float(np.sum(np.sin(frequency * t)))
+
+    correct = frequency * np.cos(frequency * theta)
+    report = fg.check(loss, correct, theta, method="central4", workers=1)
+    assert report.passed, str(report)
+    assert report.worst[0].score < 0.1
+    wrong = correct.copy()
+    wrong[3] *= 1.0 + 1e-4
+    failed = fg.check(loss, wrong, theta, method="central4", workers=1)
+    assert failed.verdict == "fail" and failed.worst[0].index == (3,)
