@@ -291,7 +291,7 @@ def _directional(context: Context, layout: ParameterLayout, count: int,
     """Gaussian directional tests; if one fails, localise by group testing."""
     theta, run = context.theta, context.run
     step = directional_relative_step(theta.dtype) if eps is None else eps
-    tester = DirectionalTester(run, theta, context.analytic, context.sigma, step,
+    tester = DirectionalTester(run, theta, context.analytic, context.sigma, context.f0, step,
                                analysis.noise_multiplier(count))
     results = run_directions(tester, count, rng)
     checks = DirectionalChecks(results, tester.sensitivity(results))

@@ -86,7 +86,8 @@ def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):
 
 def rounding(context: Context, losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
     """r = √2·σ_i / (a₊ − a₋) for a central pair."""
-    noise = analysis.evaluation_noise(context.sigma, losses[:, 0], losses[:, 1], context.dtype)
+    noise = analysis.evaluation_noise(context.sigma, context.f0, losses[:, 0], losses[:, 1],
+                                      context.dtype)
     return analysis.rounding_std(noise, taken[:, 0], taken[:, 1])
 
 
@@ -192,14 +193,14 @@ def _kinks(context: Context, rows, g, plus, minus, numerical, error, kink, unres
     (f_plus, f_plus2, step), (f_minus, f_minus2, _) = plus, minus
     step = np.abs(step)
     f0 = context.f0
-    sigma = analysis.evaluation_noise(context.sigma, f_plus, f_minus, context.dtype)
+    sigma = analysis.evaluation_noise(context.sigma, f0, f_plus, f_minus, context.dtype)
     near = f_plus - 2.0 * f0 + f_minus
     far = f_plus2 - 2.0 * f0 + f_minus2
     not_smooth = np.abs(far / (2.0 * step) - 2.0 * near / step) > multiplier * 5.05 * sigma / step
     still_failing = np.abs(numerical[rows] - g) > error[rows]
     for f_near, f_far, offset in (plus, minus):
         value = one_sided(f0, f_near, f_far, offset)
-        noise = analysis.evaluation_noise(context.sigma, f_near, f_far, context.dtype)
+        noise = analysis.evaluation_noise(context.sigma, f0, f_near, f_far, context.dtype)
         allowed = multiplier * np.sqrt(26.0) * noise / (2.0 * np.abs(offset)) + allowance
         explained = still_failing & (np.abs(value - g) <= allowed)
         numerical[rows[explained]] = value[explained]

@@ -302,3 +302,43 @@ def test_one_coordinate_off_by_1e_3_in_1e5_fails(big_problem, record_score):
     assert f"theta[{k}]" in {c.label for c in report.worst}
     # the seed's relative error does not call it wrong
     assert report.relative_error <= 1e-3 and report.band != "wrong"
+
+
+# ------------------------------------------------------------ noise away from θ
+def test_evaluation_noise_grows_with_f_only_where_f_keeps_its_sign():
+    u = float(np.finfo(np.float64).eps)
+    near_minimum = analysis.evaluation_noise(1e-20, 1e-12, np.array([1e-10]), np.array([4e-11]),
+                                             np.float64)
+    assert near_minimum[0] == pytest.approx(1e-20 * 100)  # σ·max|f±|/f0
+    crossing = analysis.evaluation_noise(1e-20, 1e-12, np.array([1e-10]), np.array([-1e-10]),
+                                         np.float64)
+    assert crossing[0] == pytest.approx(max(1e-20, u * 1e-10))  # no growth across a sign change
+    flat = analysis.evaluation_noise(3e-16, 1.0, np.array([1.0 + 1e-9]), np.array([1.0 - 1e-9]),
+                                     np.float64)
+    assert flat[0] == pytest.approx(3e-16, rel=1e-8)
+
+
+@pytest.mark.parametrize("residual", [1e-4, 1e-6])
+def test_least_squares_near_its_fit_passes_and_a_bug_fails(residual, record_score):
+    """Mean least squares with residuals ~1e-6: f(θ) ≈ 5e-13, but the stencil's values are
+    ~30 times larger and so is their rounding noise, which ECnoise at θ does not see.
+    Every real method passes the correct gradient and fails a relative 1e-3 error."""
+    rng = np.random.default_rng(0)
+    X, truth = rng.standard_normal((500, 15)), rng.standard_normal(15)
+    y = X @ truth + residual * rng.standard_normal(500)
+    theta = truth + residual / 10 * rng.standard_normal(15)
+
+    def loss(t, X, y):
+        return 0.5 * np.mean((X @ t - y) ** 2)
+
+    def grad(t, X, y):
+        return X.T @ (X @ t - y) / X.shape[0]
+
+    wrong = grad(theta, X, y)
+    wrong[2] *= 1.001
+    for options in ({}, {"method": "central4"}, {"directions": 4, "seed": 0}):
+        report = fg.check(loss, grad, theta, args=(X, y), workers=1, **options)
+        record_score(f"least squares near its fit, residual {residual:g} {options}", report,
+                     "correct")
+        assert report.passed, str(report)
+        assert fg.check(loss, wrong, theta, args=(X, y), workers=1, **options).verdict == "fail"
