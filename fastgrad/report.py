@@ -269,10 +269,18 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
     notes = []
     if not noise.detected:
         notes.append("the loss's rounding noise could not be measured; a bound was used instead")
-    if failed or (directional is not None and directional.failed):
+    unconfirmed = directional is not None and directional.unconfirmed
+    if failed or (directional is not None and directional.failed and not unconfirmed):
         verdict = "fail"
-    elif relative > analysis.WRONG_ABOVE or not noise.detected or unresolved.any():
+    elif relative > analysis.WRONG_ABOVE or not noise.detected or unresolved.any() or unconfirmed:
         verdict = "warn"
+        if unconfirmed:
+            notes.append(
+                "a directional test disagreed, but no localising test (on part of theta) did "
+                "again and nothing was named: a kink crossed by the directional step, or its "
+                "truncation estimate out of range; look closer with a coordinate check "
+                "(sample= or a full check)"
+            )
         if unresolved.any():
             notes.append(
                 f"{int(unresolved.sum())} coordinate(s) disagree with the central difference but "
