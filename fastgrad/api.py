@@ -239,17 +239,26 @@ def _complex_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayou
     except (InputError, LossError) as error:
         raise InputError(f"method='complex' needs a loss that accepts complex input, and this "
                          f"one does not ({error}); {advice}") from error
-    if abs(value.real - f0) > math.sqrt(np.finfo(np.float64).eps) * max(abs(f0), 1.0):
+    # Re f(θ + ih·v) = f(θ) − h²·vᵀ∇²f·v/2: the same value, up to the rounding of
+    # complex arithmetic, which is of the order of the loss's noise σ.
+    z = analysis.noise_multiplier(1)
+    if abs(value.real - f0) > z * sigma + math.sqrt(np.finfo(np.float64).eps) * abs(f0):
         raise InputError(f"method='complex': Re f(theta + ih) = {value.real!r} differs from "
-                         f"f(theta) = {f0!r}; {advice}")
+                         f"f(theta) = {f0!r} by more than the loss's noise allows; {advice}")
     step = default_relative_step("central", theta.dtype)
-    plus = run.at(theta + step * direction, complex_ok=True).real
-    minus = run.at(theta - step * direction, complex_ok=True).real
-    real = (plus - minus) / (2.0 * step)
+    differences = []
+    for multiple in (1.0, 2.0):
+        plus = run.at(theta + multiple * step * direction, complex_ok=True).real
+        minus = run.at(theta - multiple * step * direction, complex_ok=True).real
+        differences.append((plus - minus) / (2.0 * multiple * step))
+    real = analysis.richardson(*differences)
     imaginary = value.imag / tiny
-    # The real difference errs by about σ/h (rounding) and h²·f'''/6 (truncation, a
-    # relative ~1e-10 at this step): a relative 1e-6 is far outside both.
-    if abs(imaginary - real) > analysis.noise_multiplier(1) * sigma / step \
+    # R errs by its rounding and, within its asymptotic range, by much less than
+    # |D(h) − R| (truncation); a dropped imaginary part errs by far more, unless the
+    # term dropped is tiny: a relative 1e-6 is allowed besides.
+    rounding = analysis.richardson_rounding_std(
+        *(math.sqrt(2.0) * sigma / (2.0 * multiple * step) for multiple in (1.0, 2.0)))
+    if abs(imaginary - real) > z * rounding + abs(differences[0] - real) \
             + 1e-6 * max(abs(real), abs(imaginary)):
         raise InputError("method='complex': the loss drops the imaginary part of its input in "
                          "some of its terms (through abs, real parts, comparisons or a "

@@ -340,3 +340,28 @@ def test_central4_refined_values_keep_a_margin_where_truncation_dominates(freque
     wrong[3] *= 1.0 + 1e-4
     failed = fg.check(loss, wrong, theta, method="central4", workers=1)
     assert failed.verdict == "fail" and failed.worst[0].index == (3,)
+
+
+def test_complex_accepts_a_generic_loss_whose_real_difference_is_truncation_dominated():
+    """A two-exponential decay fit with rates ~1e-4: the validating central difference at
+    h0·max(1, |θ|) moves a rate by 6 % of itself, far from the asymptotic range; its
+    Richardson value and truncation estimate keep the complex step from being refused
+    (it raised InputError, "drops the imaginary part"), and the check passes."""
+    t = np.linspace(0.0, 3e4, 200)
+    amplitudes, rates = np.array([1e4, 2e4]), np.array([1e-4, 3e-4])
+    data = (amplitudes[:, None] * np.exp(-rates[:, None] * t)).sum(0) + 50.0
+    theta = {"a": amplitudes * 1.05, "r": rates * 0.95}
+
+    def loss(p, t, d):
+        return 0.5 * np.sum(((p["a"][:, None] * np.exp(-p["r"][:, None] * t)).sum(0) - d) ** 2)
+
+    def grad(p, t, d):
+        decay = np.exp(-p["r"][:, None] * t)
+        residual = (p["a"][:, None] * decay).sum(0) - d
+        return {"a": decay @ residual, "r": -(p["a"][:, None] * t * decay) @ residual}
+
+    report = fg.check(loss, grad, theta, args=(t, data), method="complex", workers=1)
+    assert report.passed, str(report)
+    wrong = grad(theta, t, data)
+    wrong["r"] = -wrong["r"]
+    assert fg.check(loss, wrong, theta, args=(t, data), method="complex", workers=1).verdict == "fail"
