@@ -289,8 +289,9 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
             )
         if relative > analysis.WRONG_ABOVE:
             notes.append(
-                "the finite differences are too noisy to confirm this gradient: the relative "
-                "error is above 1e-3 although nothing exceeds its error estimate"
+                "the finite differences are too inaccurate here (rounding noise, or truncation "
+                "at this step) to confirm this gradient: the relative error is above 1e-3 "
+                "although nothing exceeds its error estimate"
             )
     else:
         verdict = "pass"
