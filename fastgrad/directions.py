@@ -65,6 +65,7 @@ class DirectionResult:
     norm: float = 0.0  # ‖v‖₂ of the direction
     rounding: float = 0.0  # r, the rounding std of D(h)
     step: float = 0.0  # h0 of the test
+    moved: bool = True  # whether θ ± h·v differ from θ at all (a tiny step may move nothing)
 
     @property
     def failed(self) -> bool:
@@ -140,7 +141,8 @@ class DirectionalTester:
         return np.where(support, weights * self.scale, 0.0)
 
     def _difference(self, direction: np.ndarray, multiple: float):
-        """(N, A, r) at step multiple·h0: numerical, analytic and rounding std, per unit h0."""
+        """(N, A, r, moved) at step multiple·h0: numerical, analytic and rounding std, per
+        unit h0, and whether the two points differ at all."""
         dtype = self.theta.dtype
         step = multiple * self.step
         move = step * direction
@@ -159,7 +161,7 @@ class DirectionalTester:
         # u·(log2 n + 1)·Σ|g_i·Δ_i| (Higham, Accuracy and Stability, §4.2).
         pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.size, 2)) + 1.0)
         rounding += pairwise * magnitude / (2.0 * step)
-        return numerical, analytic, rounding
+        return numerical, analytic, rounding, bool(np.any(offsets))
 
     def test(self, direction: np.ndarray, label: str,
              predicted_truncation: float | None = None) -> DirectionResult:
@@ -168,7 +170,7 @@ class DirectionalTester:
         With ``predicted_truncation`` T (from a related direction, see :class:`Localiser`),
         a residual beyond z·r + TRUNCATION_MARGIN·T fails without the second step.
         """
-        numerical, analytic, rounding = self._difference(direction, 1.0)
+        numerical, analytic, rounding, moved = self._difference(direction, 1.0)
         first_rounding = rounding
         error = self.multiplier * rounding
         evaluations, truncation = 2, 0.0
@@ -177,7 +179,7 @@ class DirectionalTester:
                 and residual > error + TRUNCATION_MARGIN * predicted_truncation:
             error += TRUNCATION_MARGIN * predicted_truncation
         elif residual > error:
-            numerical2, analytic2, rounding2 = self._difference(direction, 2.0)
+            numerical2, analytic2, rounding2, _ = self._difference(direction, 2.0)
             evaluations += 2
             extrapolated = analysis.richardson(numerical, numerical2)
             analytic_r = analysis.richardson(analytic, analytic2)
@@ -188,7 +190,7 @@ class DirectionalTester:
         score = float(analysis.disagreement(numerical, analytic, error))
         return DirectionResult(label, float(numerical), float(analytic), float(error), score,
                                evaluations, float(truncation), float(np.linalg.norm(direction)),
-                               float(first_rounding), self.step)
+                               float(first_rounding), self.step, moved)
 
     def with_step(self, step: float) -> DirectionalTester:
         """The same tester at another relative step."""
@@ -249,7 +251,8 @@ class Localiser:
         predicted = self.coefficient * self.tester.step ** 2 * np.linalg.norm(direction)
         result = self.tester.test(direction, "localising", predicted)
         self.found.evaluations += result.evaluations
-        self.found.reproduced |= result.failed
+        # A test whose step moved nothing cannot clear anything.
+        self.found.reproduced |= result.failed or not result.moved
         return result.failed
 
     def run(self) -> Localisation:

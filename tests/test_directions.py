@@ -348,3 +348,32 @@ def test_stated_sensitivity_holds(correct_runs, multiple):
     rate, stated = _detection_rate(correct_runs, multiple)
     margin = 3.0 * math.sqrt(0.05 * 0.95 / TRIALS)  # 0.103
     assert rate >= 0.95 - margin, (rate, min(stated), max(stated))
+
+
+def test_a_localising_step_that_moves_nothing_does_not_clear_a_failure():
+    """Five-exponential decay fit, amplitudes ~1e4 and rates ~1e-4: the balanced step of the
+    localising tests comes out so small (~1e-25) that θ ± h·v round to θ.  Such tests cannot
+    clear the failing direction, so wrong rates fail (they gave a "warn" when the empty
+    tests counted as passes); the correct gradient passes."""
+    rng = np.random.default_rng(3)
+    t = np.linspace(0.0, 3e4, 200)
+    amplitudes, rates = 10 ** rng.uniform(3.5, 4.5, 5), 10 ** rng.uniform(-4.5, -3.8, 5)
+    data = (amplitudes[:, None] * np.exp(-rates[:, None] * t)).sum(0) + 50 * rng.standard_normal(200)
+    theta = {"amp": amplitudes * (1 + 0.05 * rng.standard_normal(5)),
+             "rate": rates * (1 + 0.05 * rng.standard_normal(5))}
+
+    def loss(p, t, d):
+        return 0.5 * np.sum(((p["amp"][:, None] * np.exp(-p["rate"][:, None] * t)).sum(0) - d) ** 2)
+
+    def grad(p, t, d):
+        decay = np.exp(-p["rate"][:, None] * t)
+        residual = (p["amp"][:, None] * decay).sum(0) - d
+        return {"amp": decay @ residual, "rate": -(p["amp"][:, None] * t * decay) @ residual}
+
+    args = (t, data)
+    assert fastgrad.check(loss, grad, theta, args, directions=4, seed=0, workers=1).passed
+    for factor in (2.0, -1.0):
+        wrong = grad(theta, *args)
+        wrong["rate"] = factor * wrong["rate"]
+        report = fastgrad.check(loss, wrong, theta, args, directions=4, seed=0, workers=1)
+        assert report.verdict == "fail", str(report)
