@@ -100,6 +100,20 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     Report
         ``report.passed``, ``report.verdict``, ``report.relative_error``; print it.
     """
+    return run_check(loss, grad, theta, args, method=method, eps=eps, dtype=dtype,
+                     workers=workers, engine=engine, sample=sample, detect=detect,
+                     directions=directions, seed=seed, progress=progress)
+
+
+def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
+              eps: float | None = None, dtype=None, workers: int | None = None,
+              engine: str = "auto", sample=None, detect: tuple[float, float] | None = None,
+              directions: int | None = None, seed=None,
+              progress: Callable[[int, int], None] | None = None,
+              directional_step: float | None = None) -> Report:
+    """:func:`check`, with the first step of the directional tests given: a caller that
+    checks again and again (:class:`fastgrad.Monitor`) starts each check at the step its
+    previous one settled on, and saves the tests at the default step."""
     started = time.perf_counter()
     args = _as_args(args)
     method = check_method(method)
@@ -131,7 +145,8 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     coordinates = coordinate_derivatives(context, plan, method)
     directional = None
     if directions:
-        directional = _directional(context, layout, directions, directions_rng, eps)
+        directional = _directional(context, layout, directions, directions_rng,
+                                   eps if directional_step is None else directional_step)
     require_same(f0, run.at(theta_flat), layout.dtype, "at the start and at the end of the check")
     evaluations = run.evaluations + (context.complex_run.evaluations if context.complex_run else 0)
     return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import check
+from .api import run_check
 from .errors import InputError
 from .parameters import ParameterLayout
 from .report import Report
@@ -101,6 +101,7 @@ class Monitor:
         self._rotations: list[_Rotation] | None = None
         self._counts: list[int] = []
         self._checks = 0
+        self._directional_step: float | None = None  # where the last directional tests settled
 
     def step(self, theta, args=()) -> Report | None:
         """Check on schedule and return the report; otherwise do nothing and return None."""
@@ -110,9 +111,12 @@ class Monitor:
             return None
         started = time.perf_counter()
         coords = self._next_coordinates(theta)
-        report = check(self.loss, self.grad, theta, args, sample=coords,
-                       directions=self.directions or None,
-                       seed=int(self.rng.integers(2**63)), **self.options)
+        report = run_check(self.loss, self.grad, theta, args, sample=coords,
+                           directions=self.directions or None,
+                           seed=int(self.rng.integers(2**63)),
+                           directional_step=self._directional_step, **self.options)
+        if report.directions and "eps" not in self.options:
+            self._directional_step = min(result.step for result in report.directions)
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         self.history.append(self._summary(call, report, elapsed))

@@ -13,6 +13,7 @@ import pytest
 
 import fastgrad
 from fastgrad import GradientCheckWarning, InputError, Monitor
+from fastgrad.plan import directional_relative_step
 from fastgrad.models import mlp
 
 # W1 48 (k=6: 8 checks per cycle), b1 8 (k=5: does not divide), W2 24 (k=6: 4 checks),
@@ -235,3 +236,20 @@ def test_example_training_script_runs():
     off = subprocess.run([sys.executable, str(script), "--steps", "20", "--no-monitor"],
                          capture_output=True, text=True, timeout=300, check=False)
     assert off.returncode == 0 and "monitor: off" in off.stdout, off.stderr
+
+
+def test_later_checks_start_the_directions_at_the_settled_step(problem):
+    """The first check tests each direction at u^(1/5), refines it and tests it again at the
+    balanced step; later checks start at that step and save those evaluations, and the
+    planted bug still fails every check."""
+    args = (problem.X, problem.Y)
+    mon = Monitor(mlp.loss, _grad, every=1, sample=SAMPLE, directions=2, seed=0)
+    reports = [mon.step(problem.params, args) for _ in range(3)]
+    assert all(report.passed for report in reports)
+    first_steps = [result.step for result in reports[0].directions]
+    assert max(first_steps) < directional_relative_step(np.float64)  # re-tested
+    assert all(result.step <= min(first_steps) for result in reports[2].directions)
+    assert reports[2].evaluations < reports[0].evaluations
+    buggy = Monitor(mlp.loss, mlp.grad_buggy, every=1, sample=SAMPLE, directions=2, seed=0,
+                    on_fail=lambda report: None)
+    assert [buggy.step(problem.params, args).verdict for _ in range(3)] == ["fail"] * 3
