@@ -21,6 +21,7 @@ other coordinate's, against its finite-difference error.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ def _first(low: int, high: int, holds) -> int:
     return low
 
 
+@functools.lru_cache(maxsize=4096)  # a Monitor asks the same question at every check
 def smallest_caught(size: int, sampled: int, alpha: float = ALPHA) -> int:
     """The smallest K whose P(miss) ≤ α: bugs touching ≥ K coordinates are caught w.p. ≥ 1 − α.
 
