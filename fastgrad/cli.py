@@ -130,7 +130,7 @@ def load_model(path: str) -> dict:
         raise UsageError(f"no such file: {path}") from None
     except SyntaxError as error:
         raise UsageError(f"{path} has a syntax error at line {error.lineno}: {error.msg}") from None
-    except Exception as error:  # the model file's own failure, shown in one line
+    except Exception as error:  # noqa: BLE001 -- the model file's own failure, in one line
         raise UsageError(f"{path} raised {type(error).__name__} while loading: {error}") from None
     missing = [name for name in ("loss", "grad", "theta") if name not in namespace]
     if missing:

@@ -57,5 +57,5 @@ class ProgressBar:
 
 
 def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
+    minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes}:{seconds:02d}"

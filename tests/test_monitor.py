@@ -13,8 +13,8 @@ import pytest
 
 import fastgrad
 from fastgrad import GradientCheckWarning, InputError, Monitor
-from fastgrad.plan import directional_relative_step
 from fastgrad.models import mlp
+from fastgrad.plan import directional_relative_step
 
 # W1 48 (k=6: 8 checks per cycle), b1 8 (k=5: does not divide), W2 24 (k=6: 4 checks),
 # b2 3 (whole).  The counts are what the stratified rule gives for sample=20 (floor
