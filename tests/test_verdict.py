@@ -342,3 +342,26 @@ def test_least_squares_near_its_fit_passes_and_a_bug_fails(residual, record_scor
                      "correct")
         assert report.passed, str(report)
         assert fg.check(loss, wrong, theta, args=(X, y), workers=1, **options).verdict == "fail"
+
+
+def test_least_squares_at_an_exact_fit_does_not_fail_a_correct_gradient():
+    """y = Xθ exactly: f(θ) = 0, the gradient is 0 and the noise at θ is nil.  The correct
+    gradient is not failed ("warn" at θ itself: a zero gradient's relative error cannot be
+    confirmed; "pass" a residual of 1e-7 away), and a wrong one fails."""
+    rng = np.random.default_rng(0)
+    X, theta = rng.standard_normal((500, 15)), rng.standard_normal(15)
+    y = X @ theta
+
+    def loss(t, X, y):
+        return 0.5 * np.mean((X @ t - y) ** 2)
+
+    def grad(t, X, y):
+        return X.T @ (X @ t - y) / X.shape[0]
+
+    near = theta + 1e-7 * rng.standard_normal(15)
+    for point, verdict in ((theta, "warn"), (near, "pass")):
+        for options in ({}, {"method": "central4"}, {"directions": 4, "seed": 0}):
+            report = fg.check(loss, grad, point, args=(X, y), workers=1, **options)
+            assert report.verdict == verdict, str(report)
+            wrong = grad(point, X, y) + 1e-3
+            assert fg.check(loss, wrong, point, args=(X, y), workers=1, **options).verdict == "fail"
