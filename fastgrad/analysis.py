@@ -74,21 +74,26 @@ def noise_multiplier(count: int, false_alarm: float = FALSE_ALARM) -> float:
     return NOISE_ESTIMATE_FACTOR * math.sqrt(2.0 * math.log(max(count, 1) / false_alarm))
 
 
-def evaluation_noise(sigma: float, f0: float, f_plus, f_minus, dtype) -> np.ndarray:
-    """σ_i = max(σ·max(1, G), u·max(|f_+|, |f_-|)): the noise of f at a pair of points.
+def evaluation_noise(references, f_plus, f_minus, dtype) -> np.ndarray:
+    """σ_i = max over the references (σ, f_r) of σ·max(1, G), and u·max(|f_+|, |f_-|).
 
-    σ is measured at θ, where f = f0.  Rounding errors scale with the values computed,
-    so where f grows away from θ its noise grows too: G = max(|f_+|, |f_-|)/|f0| when f_+,
-    f0 and f_- have one sign (θ near a minimum of a loss that keeps its sign, e.g. least
-    squares near a fit, where the stencil's values can be 100 × f0), a relative noise
-    level carried over.  When f changes sign across θ, f0 ≈ 0 says nothing of the noise
-    and G = 1.  No computed value is better than correctly rounded: u·|f_±|.
+    Each reference is a noise level σ measured where f = f_r (at θ; and one step away when
+    θ sits near a zero of f).  Rounding errors scale with the values computed, so where f
+    grows away from the reference its noise grows too: G = max(|f_+|, |f_-|)/|f_r| when
+    f_+, f_r and f_- have one sign (least squares near a fit: the stencil's values can be
+    100 × f(θ)), a relative noise level carried over.  Across a sign change f_r ≈ 0 says
+    nothing of the noise and G = 1.  No computed value is better than correctly rounded:
+    u·|f_±|.
     """
     f_plus, f_minus = np.asarray(f_plus, dtype=np.float64), np.asarray(f_minus, dtype=np.float64)
     largest = np.maximum(np.abs(f_plus), np.abs(f_minus))
-    one_sign = (np.sign(f_plus) == np.sign(f0)) & (np.sign(f_minus) == np.sign(f0)) & (f0 != 0.0)
-    growth = np.where(one_sign, largest / (abs(f0) if f0 != 0.0 else 1.0), 1.0)
-    return np.maximum(sigma * np.maximum(growth, 1.0), float(np.finfo(dtype).eps) * largest)
+    noise = float(np.finfo(dtype).eps) * largest
+    for sigma, f_ref in references:
+        one_sign = (np.sign(f_plus) == np.sign(f_ref)) & (np.sign(f_minus) == np.sign(f_ref)) \
+            & (f_ref != 0.0)
+        growth = np.where(one_sign, largest / (abs(f_ref) if f_ref != 0.0 else 1.0), 1.0)
+        noise = np.maximum(noise, sigma * np.maximum(growth, 1.0))
+    return noise
 
 
 def disagreement(numerical, analytic, error):

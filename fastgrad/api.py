@@ -27,7 +27,7 @@ from .derivatives import (
 from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
 from .engine import Engine, make_engine
 from .errors import InputError, LossError
-from .noise import estimate_noise, estimate_noise_on
+from .noise import estimate_noise, estimate_noise_on, random_direction
 from .parameters import ParameterLayout
 from .plan import Plan, check_eps, directional_relative_step
 from .report import Report, build_report
@@ -39,6 +39,8 @@ NOISE_SEED = 20261128
 #: coordinates and this many others (a random choice), at O(k) cost per point instead of O(n):
 #: its σ bounds the noise of each sampled coordinate's difference (see estimate_noise_on).
 NOISE_OTHERS = 4096
+#: θ sits near a zero of f, for the noise, when f one step away exceeds this times f(θ).
+DISPLACED_GROWTH = 4.0
 #: Localisation budget: this many evaluations per halving of n, plus the extra (see directions.py).
 LOCALISATION_PER_HALVING = 10
 LOCALISATION_EXTRA = 100
@@ -129,8 +131,9 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     run.progress = progress
     f0 = run.at(theta_flat)
     # Directions move every coordinate: their differences need a dense direction's noise.
-    noise = _noise_estimate(run, theta_flat,
-                            None if coverage is None or directions else coverage.coords)
+    sparse = not directions and coverage is not None \
+        and coverage.coords.size + NOISE_OTHERS < theta_flat.size // 4
+    noise = _noise_estimate(run, theta_flat, coverage.coords if sparse else None)
     require_same(f0, noise.f0, layout.dtype, "twice in a row")
     relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     if coverage is not None:
@@ -142,6 +145,8 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     plan = Plan.for_coords(theta_flat, coords, relative_step)
     context = _context(run, method, theta_flat, analytic, analytic_eps, noise, layout, args,
                        loss, engine, workers, progress)
+    if method != "complex" and not sparse:  # a dense probe would cost O(n) per point
+        context.displaced = _displaced_noise(run, theta_flat, noise, relative_step)
     coordinates = coordinate_derivatives(context, plan, method)
     directional = None
     if directions:
@@ -297,12 +302,12 @@ def require_same(first: float, second: float, dtype, when: str) -> None:
 
 
 def _noise_estimate(run, theta: np.ndarray, coords: np.ndarray | None):
-    """ECnoise at θ along a random direction (fixed seed): a dense one, or, when only the
-    sampled coordinates ``coords`` of a large θ are differenced, one that moves them and
-    NOISE_OTHERS others, so that the estimate costs O(k), not O(n), per point."""
+    """ECnoise at θ along a random direction (fixed seed): a dense one, or, given the
+    sampled coordinates ``coords`` of a large θ (only they are differenced), one that moves
+    them and NOISE_OTHERS others, so that the estimate costs O(k), not O(n), per point."""
     rng = np.random.default_rng(NOISE_SEED)
     where = "near theta (noise estimate)"
-    if coords is not None and coords.size + NOISE_OTHERS < theta.size // 4:
+    if coords is not None:
         others = rng.choice(theta.size, NOISE_OTHERS, replace=False)
         support = np.union1d(coords, others)
         return estimate_noise_on(lambda values: run.at_changed(support, values, where), theta,
@@ -310,12 +315,34 @@ def _noise_estimate(run, theta: np.ndarray, coords: np.ndarray | None):
     return estimate_noise(lambda point: run.at(point, where, fresh=True), theta, rng=rng)
 
 
+def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
+    """(σ₁, f₁) one step from θ, when θ sits near a zero of f; else None.
+
+    At an exact fit (least squares with no residual) f(θ) ≈ 0, and so is its noise, while
+    one step away the residuals, and the rounding they carry, are of the step's size: the
+    noise measured at θ says nothing of the stencil's.  One probe f₁ = f(θ + h0·p) (p a
+    random direction, ‖p‖ ≈ 1 in units of max(1, |θ_i|)) tells: if f₁ keeps f(θ)'s sign and
+    exceeds DISPLACED_GROWTH·|f(θ)|, the noise is measured at θ + h0·p too (ECnoise, 8 more
+    evaluations) and both references bound the stencil's noise.
+    """
+    rng = np.random.default_rng(NOISE_SEED + 1)
+    where = "near theta (noise estimate)"
+    point = (theta.astype(np.float64) + relative_step * random_direction(theta, rng)).astype(
+        theta.dtype)
+    f1 = run.at(point, where, fresh=True)
+    f0 = noise.f0
+    if not (f0 == 0.0 or np.sign(f1) == np.sign(f0)) or abs(f1) <= DISPLACED_GROWTH * abs(f0):
+        return None
+    displaced = estimate_noise(lambda q: run.at(q, where, fresh=True), point, rng=rng)
+    return displaced.sigma, displaced.f0
+
+
 def _directional(context: Context, layout: ParameterLayout, count: int,
                  rng: np.random.Generator, eps: float | None) -> DirectionalChecks:
     """Gaussian directional tests; if one fails, localise by group testing."""
     theta, run = context.theta, context.run
     step = directional_relative_step(theta.dtype) if eps is None else eps
-    tester = DirectionalTester(run, theta, context.analytic, context.sigma, context.f0, step,
+    tester = DirectionalTester(run, theta, context.analytic, context.noise_references, step,
                                analysis.noise_multiplier(count))
     results = run_directions(tester, count, rng)
     checks = DirectionalChecks(results, tester.sensitivity(results))

@@ -76,6 +76,12 @@ class Context:
     analytic_eps: float  # machine epsilon of the analytic gradient's dtype
     analytic_scale: float  # max |g| over all coordinates
     complex_run: Engine | None = None  # evaluates at complex θ (method "complex")
+    displaced: tuple[float, float] | None = None  # (σ, f) one step from θ, near a zero of f
+
+    @property
+    def noise_references(self) -> tuple[tuple[float, float], ...]:
+        """(σ, f) where the noise was measured: see :func:`analysis.evaluation_noise`."""
+        return ((self.sigma, self.f0),) + ((self.displaced,) if self.displaced else ())
 
 
 def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):
@@ -86,7 +92,7 @@ def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):
 
 def rounding(context: Context, losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
     """r = √2·σ_i / (a₊ − a₋) for a central pair."""
-    noise = analysis.evaluation_noise(context.sigma, context.f0, losses[:, 0], losses[:, 1],
+    noise = analysis.evaluation_noise(context.noise_references, losses[:, 0], losses[:, 1],
                                       context.dtype)
     return analysis.rounding_std(noise, taken[:, 0], taken[:, 1])
 
@@ -198,7 +204,7 @@ def _not_smooth(context: Context, f_plus, f_plus2, f_minus, f_minus2, step, mult
     """K = |S(2h)/2h − 2·S(h)/h| beyond its rounding (≈ 5σ/h, times z), with
     S(a) = f(θ+a) − 2f(θ) + f(θ−a): see :func:`_kinks`."""
     f0 = context.f0
-    sigma = analysis.evaluation_noise(context.sigma, f0, f_plus, f_minus, context.dtype)
+    sigma = analysis.evaluation_noise(context.noise_references, f_plus, f_minus, context.dtype)
     near = f_plus - 2.0 * f0 + f_minus
     far = f_plus2 - 2.0 * f0 + f_minus2
     return np.abs(far / (2.0 * step) - 2.0 * near / step) > multiplier * 5.05 * sigma / step
@@ -235,7 +241,7 @@ def _kinks(context: Context, rows, g, plus, minus, numerical, error, kink, unres
     still_failing = np.abs(numerical[rows] - g) > error[rows]
     for f_near, f_far, offset in (plus, minus):
         value = one_sided(f0, f_near, f_far, offset)
-        noise = analysis.evaluation_noise(context.sigma, f0, f_near, f_far, context.dtype)
+        noise = analysis.evaluation_noise(context.noise_references, f_near, f_far, context.dtype)
         allowed = multiplier * np.sqrt(26.0) * noise / (2.0 * np.abs(offset)) + allowance
         explained = still_failing & (np.abs(value - g) <= allowed)
         numerical[rows[explained]] = value[explained]

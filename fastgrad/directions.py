@@ -119,13 +119,12 @@ class DirectionalChecks:
 class DirectionalTester:
     """Directional tests of the analytic gradient at θ, sharing the loss's noise estimate."""
 
-    def __init__(self, run: Engine, theta: np.ndarray, analytic: np.ndarray, sigma: float,
-                 f0: float, relative_step: float, multiplier: float):
+    def __init__(self, run: Engine, theta: np.ndarray, analytic: np.ndarray, noise_references,
+                 relative_step: float, multiplier: float):
         self.run = run
         self.theta = theta
         self.analytic = analytic
-        self.sigma = sigma  # noise of one evaluation at θ
-        self.f0 = f0  # f(θ)
+        self.noise_references = noise_references  # (σ, f) pairs: see analysis.evaluation_noise
         self.step = relative_step
         self.multiplier = multiplier
         self.base = theta.astype(np.float64, copy=False)
@@ -155,7 +154,7 @@ class DirectionalTester:
         magnitude = float(np.abs(terms).sum())
         numerical = (f_plus - f_minus) / (2.0 * step)
         analytic = float(terms.sum()) / (2.0 * step)
-        noise = analysis.evaluation_noise(self.sigma, self.f0, f_plus, f_minus, dtype)
+        noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus, dtype)
         rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
         # NumPy's pairwise sum of the n products g_i·Δ_i errs by at most about
         # u·(log2 n + 1)·Σ|g_i·Δ_i| (Higham, Accuracy and Stability, §4.2).
@@ -194,7 +193,7 @@ class DirectionalTester:
 
     def with_step(self, step: float) -> DirectionalTester:
         """The same tester at another relative step."""
-        return DirectionalTester(self.run, self.theta, self.analytic, self.sigma, self.f0, step,
+        return DirectionalTester(self.run, self.theta, self.analytic, self.noise_references, step,
                                  self.multiplier)
 
     def sensitivity(self, results: list[DirectionResult], alpha: float = ALPHA) -> float:

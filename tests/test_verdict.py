@@ -307,15 +307,18 @@ def test_one_coordinate_off_by_1e_3_in_1e5_fails(big_problem, record_score):
 # ------------------------------------------------------------ noise away from θ
 def test_evaluation_noise_grows_with_f_only_where_f_keeps_its_sign():
     u = float(np.finfo(np.float64).eps)
-    near_minimum = analysis.evaluation_noise(1e-20, 1e-12, np.array([1e-10]), np.array([4e-11]),
-                                             np.float64)
+    near_minimum = analysis.evaluation_noise([(1e-20, 1e-12)], np.array([1e-10]),
+                                             np.array([4e-11]), np.float64)
     assert near_minimum[0] == pytest.approx(1e-20 * 100)  # σ·max|f±|/f0
-    crossing = analysis.evaluation_noise(1e-20, 1e-12, np.array([1e-10]), np.array([-1e-10]),
-                                         np.float64)
+    crossing = analysis.evaluation_noise([(1e-20, 1e-12)], np.array([1e-10]),
+                                         np.array([-1e-10]), np.float64)
     assert crossing[0] == pytest.approx(max(1e-20, u * 1e-10))  # no growth across a sign change
-    flat = analysis.evaluation_noise(3e-16, 1.0, np.array([1.0 + 1e-9]), np.array([1.0 - 1e-9]),
-                                     np.float64)
+    flat = analysis.evaluation_noise([(3e-16, 1.0)], np.array([1.0 + 1e-9]),
+                                     np.array([1.0 - 1e-9]), np.float64)
     assert flat[0] == pytest.approx(3e-16, rel=1e-8)
+    two = analysis.evaluation_noise([(1e-20, 1e-12), (1e-18, 1e-11)], np.array([1e-10]),
+                                    np.array([4e-11]), np.float64)
+    assert two[0] == pytest.approx(1e-18 * 10)  # the larger of the two references' bounds
 
 
 @pytest.mark.parametrize("residual", [1e-4, 1e-6])
@@ -345,9 +348,11 @@ def test_least_squares_near_its_fit_passes_and_a_bug_fails(residual, record_scor
 
 
 def test_least_squares_at_an_exact_fit_does_not_fail_a_correct_gradient():
-    """y = Xθ exactly: f(θ) = 0, the gradient is 0 and the noise at θ is nil.  The correct
-    gradient is not failed ("warn" at θ itself: a zero gradient's relative error cannot be
-    confirmed; "pass" a residual of 1e-7 away), and a wrong one fails."""
+    """y = Xθ exactly: f(θ) = 0, the gradient is 0 and the noise at θ is nil, while one step
+    away the residuals and their rounding are of the step's size.  A probe one step away sees
+    f grow, and the noise measured there bounds the stencil's: the correct gradient is not
+    failed (it failed with a score of 9.7; "warn" at θ itself, as a zero gradient's relative
+    error cannot be confirmed, "pass" a residual of 1e-7 away), and a wrong one fails."""
     rng = np.random.default_rng(0)
     X, theta = rng.standard_normal((500, 15)), rng.standard_normal(15)
     y = X @ theta
