@@ -51,6 +51,7 @@ import numpy as np
 import fastgrad as fg
 import fastgrad.engine as engine_module
 from fastgrad.analysis import relative_error
+from fastgrad.bench.peers import naive_gradient
 from fastgrad.engine import Engine, available_cores
 from fastgrad.engine.compiled import evaluate_chunk_kernel
 from fastgrad.models import mlp
@@ -139,18 +140,6 @@ def wait_until_quiet(limit_s: float) -> str:
 
 
 # ----------------------------------------------------------------------------- measurements
-def naive_gradient(loss, theta, args, coords, eps=NAIVE_EPS):
-    """The seed's loop: central differences, one coordinate at a time, in Python."""
-    grad = np.empty(coords.size)
-    for k, i in enumerate(coords):
-        plus = theta.copy()
-        plus[i] += eps
-        minus = theta.copy()
-        minus[i] -= eps
-        grad[k] = (loss(plus, *args) - loss(minus, *args)) / (2 * eps)
-    return grad
-
-
 def python_t_f(theta, args, calls: int) -> tuple[float, Timed]:
     """Median wall time of one call of mlp.loss from Python."""
     times = []
@@ -354,7 +343,7 @@ def main() -> int:
                              round=round_ + 1))
         for name, loss in (("naive_numba", mlp.loss), ("naive_numpy", mlp.loss_numpy)):
             with Timed() as timed:
-                numerical = naive_gradient(loss, theta, args, naive_coords)
+                numerical = naive_gradient(loss, theta, args, NAIVE_EPS, naive_coords)
             if relative_error(numerical, analytic[naive_coords]) > 1e-6:
                 raise SystemExit(f"the naive loop with {name} is wrong")
             extra[name].append(timed.seconds * n / naive_coords.size)

@@ -19,11 +19,11 @@ No timing is asserted; each round's result is checked for correctness only.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import fastgrad as fg
 from fastgrad.analysis import relative_error
+from fastgrad.bench.peers import naive_gradient
 from fastgrad.engine import available_cores
 from fastgrad.models import mlp
 
@@ -40,18 +40,6 @@ EPS = 1e-7
 NAIVE_CORRECT = 1e-6
 
 HOW = ("fastgrad", "naive-numba", "naive-numpy")
-
-
-def naive_gradient(loss, theta, args, eps=EPS):
-    """The seed's loop: central differences, one coordinate at a time, in Python."""
-    grad = np.empty_like(theta)
-    for i in range(theta.size):
-        plus = theta.copy()
-        plus[i] += eps
-        minus = theta.copy()
-        minus[i] -= eps
-        grad[i] = (loss(plus, *args) - loss(minus, *args)) / (2 * eps)
-    return grad
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +74,7 @@ def test_full_check(benchmark, problems, size, how):
         benchmark.extra_info["evaluations"] = report.evaluations
     else:
         loss = mlp.loss if how == "naive-numba" else mlp.loss_numpy
-        numerical = benchmark.pedantic(naive_gradient, args=(loss, problem.theta, args),
+        numerical = benchmark.pedantic(naive_gradient, args=(loss, problem.theta, args, EPS),
                                        rounds=rounds, iterations=1)
         assert relative_error(numerical, analytic) < NAIVE_CORRECT
         benchmark.extra_info["evaluations"] = 2 * problem.n

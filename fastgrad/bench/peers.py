@@ -20,15 +20,18 @@ NAIVE_EPS = 1e-6
 TARGET_COMPILED, TARGET_NUMPY = 1.7, 5.0
 
 
-def naive_gradient(loss, theta: np.ndarray, args: tuple, eps: float = NAIVE_EPS) -> np.ndarray:
-    """The seed's loop, as a user writes it: copy θ, perturb coordinate i by ±eps, evaluate."""
-    grad = np.zeros_like(theta)
-    for i in range(theta.size):
+def naive_gradient(loss, theta: np.ndarray, args: tuple, eps: float = NAIVE_EPS,
+                   coords=None) -> np.ndarray:
+    """The seed's loop, as a user writes it: copy θ, perturb coordinate i by ±eps, evaluate;
+    for every i, or for the flat indices ``coords`` (the result then has their length)."""
+    coords = range(theta.size) if coords is None else coords
+    grad = np.zeros(len(coords))
+    for k, i in enumerate(coords):
         plus = theta.copy()
         plus[i] += eps
         minus = theta.copy()
         minus[i] -= eps
-        grad[i] = (loss(plus, *args) - loss(minus, *args)) / (2 * eps)
+        grad[k] = (loss(plus, *args) - loss(minus, *args)) / (2 * eps)
     return grad
 
 
