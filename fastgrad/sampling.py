@@ -172,7 +172,7 @@ class Coverage:
 
     def __str__(self) -> str:
         return "\n".join(self.lines() + [f"cost: {self.evaluations:,} loss evaluations "
-                                         "(+ about 10 for the noise estimate)"])
+                                         "(+ about 12 at and near θ: f(θ), the noise estimate)"])
 
     def to_dict(self) -> dict:
         return {"sampled": self.sampled, "alpha": self.alpha, "caught_from": self.caught_from,

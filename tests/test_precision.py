@@ -109,7 +109,7 @@ def test_float32_in_float64(float32_problem):
 # ------------------------------------------------------------------ nondeterminism
 @pytest.fixture(scope="module")
 def small():
-    """n = 6·12 + 12 + 12·3 + 3 = 123: a check makes 2n + 11 > 200 calls."""
+    """n = 6·12 + 12 + 12·3 + 3 = 123: a check makes 2n + 12 > 200 calls."""
     p = mlp.problem(d=6, h=12, c=3, m=16, seed=0)
     return p, mlp.flatten(mlp.grad(p.params, p.X, p.Y))
 
