@@ -162,24 +162,12 @@ def _problem(example, rows):
     return mlp.init_params(64, 128, 10), (X[:rows], Y[:rows])
 
 
-def warm_checks(example, count: int, rows: int | None = None, **options) -> list[float]:
+def warm_checks(example, count: int, rows: int | None = None, directions: int = 2,
+                **options) -> list[float]:
     """Wall times of ``count`` warm Monitor checks (every=1) with these options."""
     params, args = _problem(example, example.CHECK_ROWS if rows is None else rows)
-    monitor = fastgrad.Monitor(mlp.loss, mlp.grad, every=1, sample=64, directions=2, seed=0,
-                               **options)
-    monitor.step(params, args=args)
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        monitor.step(params, args=args)
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def _warm_checks_directions(example, count: int, directions_: int, rows) -> list[float]:
-    params, args = _problem(example, example.CHECK_ROWS if rows is None else rows)
-    monitor = fastgrad.Monitor(mlp.loss, mlp.grad, every=1, sample=64, directions=directions_,
-                               seed=0)
+    monitor = fastgrad.Monitor(mlp.loss, mlp.grad, every=1, sample=64, directions=directions,
+                               seed=0, **options)
     monitor.step(params, args=args)
     times = []
     for _ in range(count):
@@ -314,12 +302,7 @@ def main(argv=None) -> int:
     times = {label: [] for label in variants}
     for _ in range(max(1, options.profile // 10)):
         for label, (extra, rows) in variants.items():
-            extra = dict(extra)
-            kwargs = {"rows": rows}
-            if "directions" in extra:
-                times[label] += _warm_checks_directions(example, 10, extra.pop("directions"), rows)
-            else:
-                times[label] += warm_checks(example, 10, **kwargs, **extra)
+            times[label] += warm_checks(example, 10, rows, **extra)
     print("| monitor options | check (median) | overhead at every=100 |")
     print("|---|---|---|")
     for label, values in times.items():

@@ -9,6 +9,7 @@ and the problems are session-scoped.
 from __future__ import annotations
 
 import numba
+import numpy as np
 import pytest
 
 from fastgrad.models import mlp
@@ -18,6 +19,19 @@ MLP_SIZES = dict(d=4, h=6, c=3, m=20)
 
 #: name -> (kind, max score): the largest score of each checked case, printed at the end.
 SCORES: dict[str, tuple[str, float]] = {}
+
+
+def decay_loss(p, t, data):
+    """Least squares of a sum of exponential decays Σ_k amp_k·exp(−rate_k·t) to ``data``."""
+    model = (p["amp"][:, None] * np.exp(-p["rate"][:, None] * t)).sum(0)
+    return 0.5 * np.sum((model - data) ** 2)
+
+
+def decay_grad(p, t, data):
+    """Its gradient: amp_k ← Σ_t e_kt·r_t, rate_k ← −Σ_t amp_k·t·e_kt·r_t."""
+    decay = np.exp(-p["rate"][:, None] * t)
+    residual = (p["amp"][:, None] * decay).sum(0) - data
+    return {"amp": decay @ residual, "rate": -(p["amp"][:, None] * t * decay) @ residual}
 
 
 @numba.njit(nogil=True)

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import decay_grad, decay_loss
 from numba import njit
 
 import fastgrad
@@ -360,15 +361,7 @@ def test_a_localising_step_that_moves_nothing_does_not_clear_a_failure():
     data = (amplitudes[:, None] * np.exp(-rates[:, None] * t)).sum(0) + 50 * rng.standard_normal(200)
     theta = {"amp": amplitudes * (1 + 0.05 * rng.standard_normal(5)),
              "rate": rates * (1 + 0.05 * rng.standard_normal(5))}
-
-    def loss(p, t, d):
-        return 0.5 * np.sum(((p["amp"][:, None] * np.exp(-p["rate"][:, None] * t)).sum(0) - d) ** 2)
-
-    def grad(p, t, d):
-        decay = np.exp(-p["rate"][:, None] * t)
-        residual = (p["amp"][:, None] * decay).sum(0) - d
-        return {"amp": decay @ residual, "rate": -(p["amp"][:, None] * t * decay) @ residual}
-
+    loss, grad = decay_loss, decay_grad
     args = (t, data)
     assert fastgrad.check(loss, grad, theta, args, directions=4, seed=0, workers=1).passed
     for factor in (2.0, -1.0):

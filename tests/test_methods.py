@@ -19,6 +19,7 @@ import math
 import numba
 import numpy as np
 import pytest
+from conftest import decay_grad, decay_loss
 
 import fastgrad as fg
 from fastgrad.models import mlp
@@ -350,18 +351,10 @@ def test_complex_accepts_a_generic_loss_whose_real_difference_is_truncation_domi
     t = np.linspace(0.0, 3e4, 200)
     amplitudes, rates = np.array([1e4, 2e4]), np.array([1e-4, 3e-4])
     data = (amplitudes[:, None] * np.exp(-rates[:, None] * t)).sum(0) + 50.0
-    theta = {"a": amplitudes * 1.05, "r": rates * 0.95}
-
-    def loss(p, t, d):
-        return 0.5 * np.sum(((p["a"][:, None] * np.exp(-p["r"][:, None] * t)).sum(0) - d) ** 2)
-
-    def grad(p, t, d):
-        decay = np.exp(-p["r"][:, None] * t)
-        residual = (p["a"][:, None] * decay).sum(0) - d
-        return {"a": decay @ residual, "r": -(p["a"][:, None] * t * decay) @ residual}
-
+    theta = {"amp": amplitudes * 1.05, "rate": rates * 0.95}
+    loss, grad = decay_loss, decay_grad
     report = fg.check(loss, grad, theta, args=(t, data), method="complex", workers=1)
     assert report.passed, str(report)
     wrong = grad(theta, t, data)
-    wrong["r"] = -wrong["r"]
+    wrong["rate"] = -wrong["rate"]
     assert fg.check(loss, wrong, theta, args=(t, data), method="complex", workers=1).verdict == "fail"
