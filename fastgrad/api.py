@@ -305,14 +305,14 @@ def _noise_estimate(run, theta: np.ndarray, coords: np.ndarray | None):
     """ECnoise at θ along a random direction (fixed seed): a dense one, or, given the
     sampled coordinates ``coords`` of a large θ (only they are differenced), one that moves
     them and NOISE_OTHERS others, so that the estimate costs O(k), not O(n), per point."""
-    rng = np.random.default_rng(NOISE_SEED)
     where = "near theta (noise estimate)"
     if coords is not None:
+        rng = np.random.default_rng(NOISE_SEED)
         others = rng.choice(theta.size, NOISE_OTHERS, replace=False)
         support = np.union1d(coords, others)
         return estimate_noise_on(lambda values: run.at_changed(support, values, where), theta,
                                  support, rng=rng)
-    return estimate_noise(lambda point: run.at(point, where, fresh=True), theta, rng=rng)
+    return estimate_noise(lambda point: run.at(point, where, fresh=True), theta, rng=NOISE_SEED)
 
 
 def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
@@ -325,15 +325,14 @@ def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
     exceeds DISPLACED_GROWTH·|f(θ)|, the noise is measured at θ + h0·p too (ECnoise, 8 more
     evaluations) and both references bound the stencil's noise.
     """
-    rng = np.random.default_rng(NOISE_SEED + 1)
     where = "near theta (noise estimate)"
-    point = (theta.astype(np.float64) + relative_step * random_direction(theta, rng)).astype(
-        theta.dtype)
+    point = (theta.astype(np.float64) + relative_step * random_direction(theta, NOISE_SEED + 1)
+             ).astype(theta.dtype)
     f1 = run.at(point, where, fresh=True)
     f0 = noise.f0
     if not (f0 == 0.0 or np.sign(f1) == np.sign(f0)) or abs(f1) <= DISPLACED_GROWTH * abs(f0):
         return None
-    displaced = estimate_noise(lambda q: run.at(q, where, fresh=True), point, rng=rng)
+    displaced = estimate_noise(lambda q: run.at(q, where, fresh=True), point, rng=NOISE_SEED + 2)
     return displaced.sigma, displaced.f0
 
 

@@ -19,6 +19,8 @@ samples is far too small.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,21 +66,26 @@ class NoiseEstimate:
     step: float
 
 
-def noise_levels(fvals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def noise_levels(fvals) -> tuple[np.ndarray, np.ndarray]:
     """σ_k = √(γ_k · mean((Δ^k f)²)), γ_k = 1/C(2k, k), and whether Δ^k f changes sign.
 
     Returns two arrays of length nf − 1, entry k − 1 for order k = 1..nf−1:
     the levels σ_k (units of f) and ``min(Δ^k f) · max(Δ^k f) < 0``.
     """
-    count = fvals.size - 1
-    levels = np.empty(count)
-    changes_sign = np.empty(count, dtype=bool)
-    differences = np.asarray(fvals, dtype=np.float64)
-    for order in range(1, count + 1):
-        differences = np.diff(differences)
+    levels, changes_sign = _levels([float(value) for value in np.ravel(fvals)])
+    return np.array(levels), np.array(changes_sign, dtype=bool)
+
+
+def _levels(values: list[float]) -> tuple[list[float], list[bool]]:
+    """:func:`noise_levels` on a list of floats.  A few values only: Python floats are
+    ten times faster than NumPy's per-call overhead here, and a check estimates the noise
+    on every call (a Monitor's checks are a few milliseconds)."""
+    levels, changes_sign = [], []
+    for order in range(1, len(values)):
+        values = [right - left for left, right in itertools.pairwise(values)]
         gamma = 1.0 / math.comb(2 * order, order)
-        levels[order - 1] = math.sqrt(gamma * np.mean(differences**2))
-        changes_sign[order - 1] = differences.min() * differences.max() < 0.0
+        levels.append(math.sqrt(gamma * sum(value * value for value in values) / len(values)))
+        changes_sign.append(min(values) * max(values) < 0.0)
     return levels, changes_sign
 
 
@@ -101,19 +108,20 @@ def ecnoise(fvals) -> tuple[float, int]:
     fvals = np.asarray(fvals, dtype=np.float64)
     if fvals.ndim != 1 or fvals.size < 4:
         raise InputError(f"ecnoise needs a 1-D array of at least 4 values, got shape {fvals.shape}")
-    if not np.all(np.isfinite(fvals)):
+    values = fvals.tolist()
+    if not all(map(math.isfinite, values)):
         return 0.0, STEP_TOO_LARGE
-    largest, smallest = fvals.max(), fvals.min()
+    largest, smallest = max(values), min(values)
     if largest - smallest > MAX_SPREAD * max(abs(largest), abs(smallest)):
         return 0.0, STEP_TOO_LARGE
-    if 2 * np.count_nonzero(np.diff(fvals) == 0.0) >= fvals.size:
+    if 2 * sum(left == right for left, right in itertools.pairwise(values)) >= len(values):
         return 0.0, STEP_TOO_SMALL
-    levels, changes_sign = noise_levels(fvals)
-    windows = np.lib.stride_tricks.sliding_window_view(levels, 3)
-    qualifies = (windows.max(axis=1) <= AGREEMENT * windows.min(axis=1)) & changes_sign[:-2]
-    if not qualifies.any():
-        return 0.0, STEP_TOO_LARGE
-    return float(levels[np.argmax(qualifies)]), NOISE_DETECTED
+    levels, changes_sign = _levels(values)
+    for order in range(len(levels) - 2):
+        window = levels[order:order + 3]
+        if changes_sign[order] and max(window) <= AGREEMENT * min(window):
+            return levels[order], NOISE_DETECTED
+    return 0.0, STEP_TOO_LARGE
 
 
 def noise_bound(fvals: np.ndarray) -> float:
@@ -143,20 +151,52 @@ def default_step(dtype) -> float:
     return math.sqrt(float(np.finfo(dtype).eps))
 
 
-def random_direction(x: np.ndarray, rng: np.random.Generator,
-                     direction: np.ndarray | None = None) -> np.ndarray:
-    """p_i = g_i / ‖g‖₂ · max(1, |x_i|), g Gaussian (or the given direction).
+def random_direction(x: np.ndarray, rng, direction: np.ndarray | None = None) -> np.ndarray:
+    """p_i = g_i / ‖g‖₂ · max(1, |x_i|), g Gaussian from ``rng`` (or the given direction).
 
     The scaling makes a step δ relative to x's magnitude, coordinate by coordinate,
-    like the checker's own steps h_i = h0·max(1, |θ_i|).
+    like the checker's own steps h_i = h0·max(1, |θ_i|).  ``rng`` is a Generator, or
+    a seed: then g is that of ``default_rng(seed)``, and g/‖g‖₂ is kept for small sizes
+    (:func:`seeded_unit_gaussian`).
     """
-    if direction is None:
-        g = rng.standard_normal(x.size)
-    else:
+    if direction is not None:
         g = np.array(direction, dtype=np.float64)
         if g.shape != x.shape or not np.all(np.isfinite(g)) or not np.any(g):
             raise InputError(f"direction must be a finite, nonzero array of shape {x.shape}")
-    return g / np.linalg.norm(g) * np.maximum(1.0, np.abs(x))
+        unit = g / np.linalg.norm(g)
+    elif isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        unit = seeded_unit_gaussian(x.size, int(rng))
+    else:
+        unit = _unit_gaussian(x.size, np.random.default_rng(rng))
+    return unit * np.maximum(1.0, np.abs(x))
+
+
+#: :func:`seeded_unit_gaussian` keeps directions of up to this many values (2 MB each).
+SEEDED_CACHE_SIZE = 2**18
+
+
+def seeded_unit_gaussian(size: int, seed: int) -> np.ndarray:
+    """g/‖g‖₂ with g = default_rng(seed).standard_normal(size), read-only.
+
+    Drawing n Gaussians costs ~10 ns each, a tenth of a millisecond at n = 10^4: a
+    large part of a small check, repeated by every check of a Monitor.  The direction
+    of a fixed seed is therefore kept, for sizes up to :data:`SEEDED_CACHE_SIZE`.
+    """
+    if size <= SEEDED_CACHE_SIZE:
+        return _cached_unit_gaussian(size, seed)
+    return _unit_gaussian(size, np.random.default_rng(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_unit_gaussian(size: int, seed: int) -> np.ndarray:
+    unit = _unit_gaussian(size, np.random.default_rng(seed))
+    unit.setflags(write=False)
+    return unit
+
+
+def _unit_gaussian(size: int, rng: np.random.Generator) -> np.ndarray:
+    g = rng.standard_normal(size)
+    return g / np.linalg.norm(g)
 
 
 def stencil_values(line: Callable[[float], float], step: float, f0: float, count: int
@@ -228,8 +268,8 @@ def estimate_noise(f: Callable, x, *, direction=None, rng=None, nf: int = DEFAUL
         wrong.  The checker also warns whenever the noise was not detected.
     """
     x, base, dtype, step = _validated(x, nf, max_tries, step)
-    p = random_direction(base, np.random.default_rng(rng), direction)
-    return _ecnoise_along(lambda t: f((base + t * p).astype(dtype)), f(x.astype(dtype)), dtype,
+    p = random_direction(base, rng, direction)
+    return _ecnoise_along(lambda t: f(_along(base, p, t, dtype)), f(x.astype(dtype)), dtype,
                           step, nf, max_tries)
 
 
@@ -254,9 +294,17 @@ def estimate_noise_on(f_changed: Callable, x, support, *, rng=None, nf: int = DE
     if support.ndim != 1 or support.size == 0:
         raise InputError("support must be a nonempty 1-D array of indices")
     moved = base[support]
-    p = random_direction(moved, np.random.default_rng(rng))
-    return _ecnoise_along(lambda t: f_changed((moved + t * p).astype(dtype)),
+    p = random_direction(moved, rng)
+    return _ecnoise_along(lambda t: f_changed(_along(moved, p, t, dtype)),
                           f_changed(x[support].astype(dtype)), dtype, step, nf, max_tries)
+
+
+def _along(base: np.ndarray, p: np.ndarray, t: float, dtype) -> np.ndarray:
+    """A new array fl(base + t·p) in ``dtype``, in two passes over n (the noise estimate
+    makes 8 such points, and a small check is a few milliseconds)."""
+    point = p * t
+    point += base
+    return point.astype(dtype, copy=False)
 
 
 def _validated(x, nf: int, max_tries: int, step: float | None):

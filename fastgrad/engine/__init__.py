@@ -10,6 +10,7 @@ the step.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 
@@ -156,6 +157,10 @@ class Engine:
 
 
 def _as_scalar(value, where: str, complex_ok: bool = False):
+    if type(value) is float:  # what a compiled loss returns: the rest is for other types
+        if math.isfinite(value):
+            return complex(value) if complex_ok else value
+        raise LossError(f"the loss is {value} {where}")
     if np.ndim(value) != 0:
         raise LossError(f"the loss must return a scalar; it returned shape {np.shape(value)} {where}")
     if np.iscomplexobj(value) and not complex_ok:
