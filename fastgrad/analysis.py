@@ -85,14 +85,32 @@ def evaluation_noise(references, f_plus, f_minus, dtype) -> np.ndarray:
     nothing of the noise and G = 1.  No computed value is better than correctly rounded:
     u·|f_±|.
     """
+    if isinstance(f_plus, float) and isinstance(f_minus, float):  # a direction's pair
+        return _evaluation_noise_scalar(references, f_plus, f_minus, dtype)
     f_plus, f_minus = np.asarray(f_plus, dtype=np.float64), np.asarray(f_minus, dtype=np.float64)
     largest = np.maximum(np.abs(f_plus), np.abs(f_minus))
     noise = float(np.finfo(dtype).eps) * largest
     for sigma, f_ref in references:
-        one_sign = (np.sign(f_plus) == np.sign(f_ref)) & (np.sign(f_minus) == np.sign(f_ref)) \
-            & (f_ref != 0.0)
+        if f_ref > 0.0:
+            one_sign = (f_plus > 0.0) & (f_minus > 0.0)
+        elif f_ref < 0.0:
+            one_sign = (f_plus < 0.0) & (f_minus < 0.0)
+        else:
+            one_sign = False
         growth = np.where(one_sign, largest / (abs(f_ref) if f_ref != 0.0 else 1.0), 1.0)
         noise = np.maximum(noise, sigma * np.maximum(growth, 1.0))
+    return noise
+
+
+def _evaluation_noise_scalar(references, f_plus: float, f_minus: float, dtype) -> float:
+    """:func:`evaluation_noise` of one pair, on Python floats (a tenth of NumPy's cost)."""
+    largest = max(abs(f_plus), abs(f_minus))
+    noise = float(np.finfo(dtype).eps) * largest
+    for sigma, f_ref in references:
+        one_sign = (f_ref > 0.0 and f_plus > 0.0 and f_minus > 0.0) \
+            or (f_ref < 0.0 and f_plus < 0.0 and f_minus < 0.0)
+        growth = largest / abs(f_ref) if one_sign else 1.0
+        noise = max(noise, sigma * max(growth, 1.0))
     return noise
 
 
@@ -104,10 +122,16 @@ def disagreement(numerical, analytic, error):
 
 def relative_error(numerical, analytic) -> float:
     """The seed's ‖D − g‖₂ / (‖D‖₂ + ‖g‖₂); 0 when both vanish."""
-    denominator = np.linalg.norm(numerical) + np.linalg.norm(analytic)
+    numerical, analytic = np.ravel(numerical), np.ravel(analytic)
+    denominator = _norm(numerical) + _norm(analytic)
     if denominator == 0.0:
         return 0.0
-    return float(np.linalg.norm(numerical - analytic) / denominator)
+    return _norm(numerical - analytic) / denominator
+
+
+def _norm(vector: np.ndarray) -> float:
+    """‖v‖₂ as np.linalg.norm computes it for a real vector, √(v·v), without its overhead."""
+    return math.sqrt(float(np.dot(vector, vector)))
 
 
 def seed_band(value: float) -> str:

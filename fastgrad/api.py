@@ -214,7 +214,7 @@ def _analytic_gradient(grad, theta_flat: np.ndarray, layout: ParameterLayout,
         what = "grad(theta, *args)"
     flat = layout.flatten_like(grad, what)
     arrays = grad.values() if isinstance(grad, Mapping) else [grad]
-    precision = max(float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating)
+    precision = max(float(np.finfo(dtype).eps) if dtype.kind == "f"
                     else float(np.finfo(np.float64).eps)
                     for dtype in (np.asarray(array).dtype for array in arrays))
     return flat, precision

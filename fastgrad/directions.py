@@ -132,7 +132,9 @@ class DirectionalTester:
 
     def gaussian(self, rng: np.random.Generator) -> np.ndarray:
         """v = Z·s, Z ~ N(0, I)."""
-        return rng.standard_normal(self.theta.size) * self.scale
+        direction = rng.standard_normal(self.theta.size)
+        direction *= self.scale
+        return direction
 
     def localising(self, rng: np.random.Generator, support: np.ndarray) -> np.ndarray:
         """v_i = ±U(1/2, 3/2)·s_i on ``support`` (a boolean mask), 0 elsewhere."""
@@ -144,23 +146,24 @@ class DirectionalTester:
         unit h0, and whether the two points differ at all."""
         dtype = self.theta.dtype
         step = multiple * self.step
-        move = step * direction
+        move = direction * step
         plus = (self.base + move).astype(dtype, copy=False)
         minus = (self.base - move).astype(dtype, copy=False)
-        offsets = plus.astype(np.float64, copy=False) - minus.astype(np.float64, copy=False)
+        terms = np.subtract(plus, minus, out=move, dtype=np.float64)  # the offsets taken
+        moved = bool(terms.any())
         f_plus = self.run.at(plus, "along a direction", fresh=True)
         f_minus = self.run.at(minus, "along a direction", fresh=True)
-        terms = self.analytic * offsets
-        magnitude = float(np.abs(terms).sum())
-        numerical = (f_plus - f_minus) / (2.0 * step)
+        terms *= self.analytic
         analytic = float(terms.sum()) / (2.0 * step)
+        magnitude = float(np.abs(terms, out=terms).sum())
+        numerical = (f_plus - f_minus) / (2.0 * step)
         noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus, dtype)
         rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
         # NumPy's pairwise sum of the n products g_i·Δ_i errs by at most about
         # u·(log2 n + 1)·Σ|g_i·Δ_i| (Higham, Accuracy and Stability, §4.2).
         pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.size, 2)) + 1.0)
         rounding += pairwise * magnitude / (2.0 * step)
-        return numerical, analytic, rounding, bool(np.any(offsets))
+        return numerical, analytic, rounding, moved
 
     def test(self, direction: np.ndarray, label: str,
              predicted_truncation: float | None = None) -> DirectionResult:

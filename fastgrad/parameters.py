@@ -11,6 +11,7 @@ as ``W2[3, 17]``.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,9 +46,9 @@ def _as_float_array(value, what: str) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype == object:
         raise InputError(f"{what} must be a numeric array, got an object array")
-    if np.issubdtype(array.dtype, np.complexfloating):
+    if array.dtype.kind == "c":
         raise InputError(f"{what} is complex ({array.dtype}); fastgrad checks real gradients")
-    if not np.issubdtype(array.dtype, np.floating):
+    if array.dtype.kind != "f":
         raise InputError(
             f"{what} has dtype {array.dtype}; it must be a floating array "
             f"(an integer theta cannot be perturbed by a small step: use .astype(float))"
@@ -139,7 +140,9 @@ class ParameterLayout:
         return np.concatenate([np.asarray(a).ravel() for a in arrays]).astype(self.dtype, copy=True)
 
     def require_finite(self, flat: np.ndarray, what: str) -> None:
-        bad = np.flatnonzero(~np.isfinite(flat))
+        if math.isfinite(flat.sum()):  # one pass, no temporary: the usual case
+            return
+        bad = np.flatnonzero(~np.isfinite(flat))  # or a sum that overflowed: then none
         if bad.size:
             first = int(bad[0])
             raise InputError(
@@ -205,6 +208,6 @@ def _as_real_array(value, what: str) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype == object or array.dtype == bool:
         raise InputError(f"{what} must be a numeric array, got dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.complexfloating):
+    if array.dtype.kind == "c":
         raise InputError(f"{what} is complex ({array.dtype}); fastgrad checks real gradients")
     return array

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,19 +204,24 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def group_results(layout: ParameterLayout, coords, numerical, analytic, score) -> list[GroupResult]:
     """Per-group maxima and verdicts over the checked coordinates ``coords``."""
-
-    which = layout.group_index(coords)
+    if coords.size < 2 or bool((coords[1:] >= coords[:-1]).all()):  # sorted: slices
+        bounds = np.searchsorted(coords, [g.offset for g in layout.groups] + [layout.size])
+        rows_of = [slice(start, stop) for start, stop in itertools.pairwise(bounds.tolist())]
+        counts = np.diff(bounds).tolist()
+    else:  # coordinates named by a localisation come last
+        which = layout.group_index(coords)
+        rows_of = [which == index for index in range(len(layout.groups))]
+        counts = np.bincount(which, minlength=len(layout.groups)).tolist()
     results = []
-    for index, group in enumerate(layout.groups):
-        rows = which == index
-        difference = np.abs(numerical[rows] - analytic[rows])
-        failed = int((score[rows] > 1.0).sum())
+    for group, rows, checked in zip(layout.groups, rows_of, counts):
+        group_score = score[rows]
+        failed = int(np.count_nonzero(group_score > 1.0))
         results.append(GroupResult(
-            name=group.name, shape=group.shape, checked=int(rows.sum()), failed=failed,
-            max_difference=float(difference.max(initial=0.0)),
-            max_score=float(score[rows].max(initial=0.0)),
+            name=group.name, shape=group.shape, checked=checked, failed=failed,
+            max_difference=float(np.abs(numerical[rows] - analytic[rows]).max(initial=0.0)),
+            max_score=float(group_score.max(initial=0.0)),
             relative_error=relative_error(numerical[rows], analytic[rows]),
-            verdict="fail" if failed else ("ok" if rows.any() else "unchecked"),
+            verdict="fail" if failed else ("ok" if checked else "unchecked"),
         ))
     return results
 
@@ -225,7 +231,7 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
     """The ``count`` coordinates with the highest score, highest first, then those marked
     ("kink", "unresolved")."""
     order = np.argsort(-score, kind="stable")[:count]
-    for mark in ("kink", "unresolved"):
+    for mark in ("kink", "unresolved") if (marks != "").any() else ():
         marked = np.flatnonzero(marks == mark)
         order = np.concatenate([order, marked[~np.isin(marked, order)][:count]])
     results = []

@@ -321,6 +321,23 @@ def test_evaluation_noise_grows_with_f_only_where_f_keeps_its_sign():
     assert two[0] == pytest.approx(1e-18 * 10)  # the larger of the two references' bounds
 
 
+def test_evaluation_noise_of_one_pair_equals_that_of_an_array():
+    """The scalar path (directional tests) and the array path (coordinates) agree exactly,
+    across signs, zeros and references on either side."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.standard_normal(300) * 10.0 ** rng.integers(-12, 3, 300),
+                             np.zeros(20)])
+    for references in ([(1e-16, 2.0)], [(1e-20, -1e-12)], [(1e-18, 0.0)],
+                       [(1e-20, 1e-12), (1e-17, -3.0)]):
+        for dtype in (np.float64, np.float32):
+            f_plus, f_minus = rng.choice(values, 200), rng.choice(values, 200)
+            array = analysis.evaluation_noise(references, f_plus, f_minus, dtype)
+            pairs = [analysis.evaluation_noise(references, float(a), float(b), dtype)
+                     for a, b in zip(f_plus, f_minus)]
+            assert all(isinstance(pair, float) for pair in pairs)
+            np.testing.assert_array_equal(array, pairs)
+
+
 @pytest.mark.parametrize("residual", [1e-4, 1e-6])
 def test_least_squares_near_its_fit_passes_and_a_bug_fails(residual, record_score):
     """Mean least squares with residuals ~1e-6: f(θ) ≈ 5e-13, but the stencil's values are

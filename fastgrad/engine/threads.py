@@ -44,9 +44,10 @@ class ChunkFailure:
 
 
 def chunk_size(rows: int, points: int, workers: int, seconds_per_evaluation: float) -> int:
-    """Rows per chunk: about CHUNK_SECONDS of work, and at least 4 chunks per worker."""
+    """Rows per chunk: about CHUNK_SECONDS of work, and at least 4 chunks per worker when
+    there are several to balance (one worker takes the rows in as few chunks as that)."""
     by_time = int(CHUNK_SECONDS / max(points * seconds_per_evaluation, 1e-9))
-    by_balance = -(-rows // (4 * workers))
+    by_balance = -(-rows // (4 * workers)) if workers > 1 else rows
     return max(1, min(by_time, by_balance))
 
 
