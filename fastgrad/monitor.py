@@ -141,7 +141,7 @@ class Monitor:
                 "checked": report.checked, "failed": report.failed,
                 "directions_failed": sum(d.failed for d in report.directions),
                 "evaluations": report.evaluations, "seconds": seconds,
-                "worst": report.worst[0].label if report.worst else None}
+                "worst": report.worst_label}
 
     def _fail(self, report: Report) -> None:
         if self.on_fail == "raise":

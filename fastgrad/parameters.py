@@ -13,8 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,10 +30,10 @@ class Group:
     name: str
     shape: tuple[int, ...]
     offset: int
+    size: int = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+    def __post_init__(self):
+        object.__setattr__(self, "size", math.prod(self.shape))
 
     @property
     def stop(self) -> int:

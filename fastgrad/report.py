@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 import numpy as np
 
@@ -53,6 +54,25 @@ class GroupResult:
         return {**self.__dict__, "shape": list(self.shape)}
 
 
+@dataclass(frozen=True)
+class CheckedCoordinates:
+    """The checked coordinates' results, from which a report builds its tables and
+    gradients when they are first read: a Monitor reads a verdict, not a table."""
+
+    layout: ParameterLayout
+    coords: np.ndarray  # flat indices, in the rows' order
+    numerical: np.ndarray
+    analytic: np.ndarray  # at coords
+    error: np.ndarray
+    score: np.ndarray
+    kink: np.ndarray  # bool
+    unresolved: np.ndarray  # bool
+    analytic_flat: np.ndarray  # every coordinate (the report's own copy)
+
+    def marks(self) -> np.ndarray:
+        return np.where(self.kink, "kink", np.where(self.unresolved, "unresolved", ""))
+
+
 @dataclass
 class Report:
     """The outcome of :func:`fastgrad.check`.
@@ -60,7 +80,7 @@ class Report:
     ``verdict`` is "pass", "warn" or "fail"; ``passed`` is False only on "fail".
     ``relative_error`` is the seed's ‖D − g‖₂ / (‖D‖₂ + ‖g‖₂) over the checked
     coordinates; ``numerical`` and ``analytic`` are in theta's structure (NaN at
-    coordinates not checked).
+    coordinates not checked); ``groups`` and ``worst`` summarise the checked coordinates.
     """
 
     verdict: str
@@ -81,10 +101,7 @@ class Report:
     noise_detected: bool
     refined: int  # coordinates re-evaluated at a second step
     multiplier: float  # z
-    groups: list[GroupResult]
-    worst: list[CoordinateResult]
-    numerical: object = field(repr=False)
-    analytic: object = field(repr=False)
+    details: CheckedCoordinates = field(repr=False, compare=False)
     notes: list[str] = field(default_factory=list)
     seed: int | None = None  # reproduces the sample and the directions
     coverage: Coverage | None = None  # what a sampled check vouches for
@@ -96,15 +113,46 @@ class Report:
     def passed(self) -> bool:
         return self.verdict != "fail"
 
+    @cached_property
+    def groups(self) -> list[GroupResult]:
+        """One summary per named group."""
+        d = self.details
+        return group_results(d.layout, d.coords, d.numerical, d.analytic, d.score)
+
+    @cached_property
+    def worst(self) -> list[CoordinateResult]:
+        """The checked coordinates with the highest scores, then those at kinks."""
+        d = self.details
+        return worst_coordinates(d.layout, d.coords, d.numerical, d.analytic, d.error, d.score,
+                                 d.marks())
+
+    @property
+    def worst_label(self) -> str | None:
+        """The label of the highest-scoring checked coordinate (None if none was checked)."""
+        d = self.details
+        return d.layout.label(int(d.coords[np.argmax(d.score)])) if d.coords.size else None
+
+    @cached_property
+    def numerical(self):
+        """The numerical gradient in theta's structure, NaN where not checked."""
+        d = self.details
+        full = np.full(d.layout.size, np.nan)
+        full[d.coords] = d.numerical
+        return d.layout.structured(full)
+
+    @cached_property
+    def analytic(self):
+        """The analytic gradient in theta's structure, as checked (float64)."""
+        return self.details.layout.structured(self.details.analytic_flat)
+
     @property
     def band(self) -> str:
         return seed_band(self.relative_error)
 
     def to_dict(self) -> dict:
         """Everything but the full gradients, in JSON-serialisable types."""
-        structured = ("groups", "worst", "numerical", "analytic", "notes", "coverage",
-                      "directions", "localisation")
-        scalars = {k: v for k, v in self.__dict__.items() if k not in structured}
+        structured = ("details", "notes", "coverage", "directions", "localisation")
+        scalars = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in structured}
         return {
             **scalars,
             "seed": None if self.seed is None else str(self.seed),
@@ -301,8 +349,6 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
             )
     else:
         verdict = "pass"
-    numerical_full = np.full(layout.size, np.nan)
-    numerical_full[coords] = numerical
     return Report(
         verdict=verdict, relative_error=relative, size=layout.size, checked=int(coords.size),
         failed=failed, evaluations=evaluations, seconds=seconds, engine=run.name,
@@ -310,11 +356,8 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
         method=method, kinks=int(kink.sum()), unresolved=int(unresolved.sum()), noise=float(noise.sigma), noise_detected=bool(noise.detected),
         refined=int(coordinates.refined.size),
         multiplier=analysis.noise_multiplier(len(plan)),
-        groups=group_results(layout, coords, numerical, analytic, score),
-        worst=worst_coordinates(layout, coords, numerical, analytic, error, score,
-                                np.where(kink, "kink", np.where(unresolved, "unresolved", ""))),
-        numerical=layout.structured(numerical_full),
-        analytic=layout.structured(analytic_flat.copy()),
+        details=CheckedCoordinates(layout, coords, numerical, analytic, error, score, kink,
+                                   unresolved, analytic_flat),
         notes=notes, seed=seed, coverage=coverage, directions=directions,
         sensitivity=None if directional is None else directional.sensitivity,
         localisation=(None if directional is None or directional.localisation is None

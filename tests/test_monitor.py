@@ -173,6 +173,7 @@ def test_on_fail_warn(problem):
         report = mon.step(p.params, args=(p.X, p.Y))
     assert report is not None and not report.passed
     assert mon.history[-1]["verdict"] == "fail"
+    assert mon.history[-1]["worst"] == report.worst[0].label  # the summary names the worst
     # a correct gradient does not warn
     good = Monitor(mlp.loss, _grad, every=1, sample=SAMPLE, directions=2, seed=0, on_fail="warn")
     with warnings.catch_warnings():

@@ -51,7 +51,7 @@ def test_text_of_a_failing_report(planted, wide, record_score):
     assert table["W2"].rstrip().endswith("fail")
     assert table["W1"].rstrip().endswith("ok")
     # the worst coordinates, named like W2[3, 17], the planted one first
-    assert planted.worst[0].label == "W2[3, 17]"
+    assert planted.worst[0].label == "W2[3, 17]" == planted.worst_label
     assert (planted.worst[0].group, planted.worst[0].index) == ("W2", (3, 17))
     worst_block = text.split("worst coordinates")[1]
     first_row = worst_block.splitlines()[2]

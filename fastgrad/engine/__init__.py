@@ -9,7 +9,6 @@ the step.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -77,8 +76,12 @@ class Engine:
         (a point along a direction); it is handed over as is, neither copied nor compared,
         saving two passes over n (writes by the loss are caught at θ and in the chunks).
         """
-        with self._single_call(where):
+        started = time.perf_counter()
+        try:
             value, given = self.evaluator.at(point, copy=not fresh)
+        except Exception as error:
+            raise _call_error(error, where) from error
+        self._counted(started)
         if fresh:
             return _as_scalar(value, where, complex_ok)
         changed = np.flatnonzero(given != np.asarray(point, dtype=given.dtype))
@@ -96,23 +99,18 @@ class Engine:
         """
         if self._single is None:
             self._single = self.evaluator.workspace()
-        with self._single_call(where):
+        started = time.perf_counter()
+        try:
             value, intact = self.evaluator.at_changed(self._single, indices, values)
+        except Exception as error:
+            raise _call_error(error, where) from error
+        self._counted(started)
         if not intact:
             raise LossError(f"the loss modifies its input {where} (copy theta before writing to it)")
         return _as_scalar(value, where)
 
-    @contextlib.contextmanager
-    def _single_call(self, where: str):
-        """Time and count one evaluation; turn the loss's exceptions into fastgrad's."""
-        started = time.perf_counter()
-        try:
-            yield
-        except NumbaError as error:
-            raise InputError(f"the compiled loss cannot be called with these arguments: {error}"
-                             ) from error
-        except Exception as error:
-            raise LossError(f"the loss raised {type(error).__name__} {where}: {error}") from error
+    def _counted(self, started: float) -> None:
+        """Count one evaluation begun at ``started`` (perf_counter) and keep its time."""
         self.seconds_per_evaluation = time.perf_counter() - started
         self.evaluations += 1
 
@@ -154,6 +152,13 @@ class Engine:
         error = failure.error
         raise LossError(f"the loss raised {type(error).__name__} {where}: {error}",
                         coordinate=coordinate, step=step) from error
+
+
+def _call_error(error: Exception, where: str) -> Exception:
+    """fastgrad's exception for one the loss raised in a single evaluation."""
+    if isinstance(error, NumbaError):
+        return InputError(f"the compiled loss cannot be called with these arguments: {error}")
+    return LossError(f"the loss raised {type(error).__name__} {where}: {error}")
 
 
 def _as_scalar(value, where: str, complex_ok: bool = False):
