@@ -31,7 +31,7 @@ from .noise import estimate_noise, estimate_noise_on, random_direction
 from .parameters import ParameterLayout
 from .plan import Plan, check_eps, directional_relative_step
 from .report import Report, build_report
-from .sampling import generators, sample_coordinates
+from .sampling import DIRECTIONS_STREAM, SAMPLE_STREAM, check_entropy, sample_coordinates, stream
 
 #: Fixed seed of the direction along which the loss's noise is measured: checks are reproducible.
 NOISE_SEED = 20261128
@@ -112,20 +112,26 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
               engine: str = "auto", sample=None, detect: tuple[float, float] | None = None,
               directions: int | None = None, seed=None,
               progress: Callable[[int, int], None] | None = None,
-              directional_step: float | None = None) -> Report:
-    """:func:`check`, with the first step of the directional tests given: a caller that
-    checks again and again (:class:`fastgrad.Monitor`) starts each check at the step its
-    previous one settled on, and saves the tests at the default step."""
+              directional_step: float | None = None,
+              directions_rng: np.random.Generator | None = None) -> Report:
+    """:func:`check`, for a caller that checks again and again (:class:`fastgrad.Monitor`):
+    ``directional_step`` starts the directional tests at the step its previous check settled
+    on, which saves the tests at the default step, and ``directions_rng`` draws the
+    directions from the caller's own generator (seeded once for all its checks; the
+    report's seed is then None) instead of one built from ``seed`` for each check."""
     started = time.perf_counter()
     args = _as_args(args)
     method = check_method(method)
     eps = None if eps is None else check_eps(eps)
     layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
-    sampled_rng, directions_rng, entropy = generators(seed)
-    coverage = None
-    if sample is not None or detect is not None:
-        coverage = sample_coordinates(layout, sample=sample, detect=detect, seed=sampled_rng)
     directions = _check_directions(directions)
+    sampled = sample is not None or detect is not None
+    drawn = sampled and not isinstance(sample, (np.ndarray, list, tuple))  # not given
+    entropy = check_entropy(seed) if drawn or (directions and directions_rng is None) else None
+    coverage = None
+    if sampled:
+        coverage = sample_coordinates(layout, sample=sample, detect=detect,
+                                      seed=stream(entropy, SAMPLE_STREAM) if drawn else None)
     analytic, analytic_eps = _analytic_gradient(grad, theta_flat, layout, args)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     run.progress = progress
@@ -150,7 +156,8 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     coordinates = coordinate_derivatives(context, plan, method)
     directional = None
     if directions:
-        directional = _directional(context, layout, directions, directions_rng,
+        directional = _directional(context, layout, directions,
+                                   directions_rng or stream(entropy, DIRECTIONS_STREAM),
                                    eps if directional_step is None else directional_step)
     require_same(f0, run.at(theta_flat), layout.dtype, "at the start and at the end of the check")
     evaluations = run.evaluations + (context.complex_run.evaluations if context.complex_run else 0)

@@ -112,8 +112,7 @@ class Monitor:
         started = time.perf_counter()
         coords = self._next_coordinates(theta)
         report = run_check(self.loss, self.grad, theta, args, sample=coords,
-                           directions=self.directions or None,
-                           seed=int(self.rng.integers(2**63)),
+                           directions=self.directions or None, directions_rng=self.rng,
                            directional_step=self._directional_step, **self.options)
         if report.directions and "eps" not in self.options:
             self._directional_step = min(result.step for result in report.directions)

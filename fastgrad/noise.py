@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,21 +72,19 @@ def noise_levels(fvals) -> tuple[np.ndarray, np.ndarray]:
     Returns two arrays of length nf − 1, entry k − 1 for order k = 1..nf−1:
     the levels σ_k (units of f) and ``min(Δ^k f) · max(Δ^k f) < 0``.
     """
-    levels, changes_sign = _levels([float(value) for value in np.ravel(fvals)])
-    return np.array(levels), np.array(changes_sign, dtype=bool)
+    pairs = list(_levels([float(value) for value in np.ravel(fvals)]))
+    return np.array([level for level, _ in pairs]), np.array([sign for _, sign in pairs], dtype=bool)
 
 
-def _levels(values: list[float]) -> tuple[list[float], list[bool]]:
-    """:func:`noise_levels` on a list of floats.  A few values only: Python floats are
-    ten times faster than NumPy's per-call overhead here, and a check estimates the noise
-    on every call (a Monitor's checks are a few milliseconds)."""
-    levels, changes_sign = [], []
+def _levels(values: list[float]) -> Iterator[tuple[float, bool]]:
+    """(σ_k, Δ^k f changes sign) for k = 1, 2, ..., computed as they are asked for, on
+    Python floats: for 9 values these are ten times faster than NumPy's per-call overhead,
+    and every check estimates the noise (a Monitor's checks are a few milliseconds)."""
     for order in range(1, len(values)):
         values = [right - left for left, right in itertools.pairwise(values)]
         gamma = 1.0 / math.comb(2 * order, order)
-        levels.append(math.sqrt(gamma * sum(value * value for value in values) / len(values)))
-        changes_sign.append(min(values) * max(values) < 0.0)
-    return levels, changes_sign
+        yield (math.sqrt(gamma * sum(value * value for value in values) / len(values)),
+               min(values) * max(values) < 0.0)
 
 
 def ecnoise(fvals) -> tuple[float, int]:
@@ -116,11 +114,14 @@ def ecnoise(fvals) -> tuple[float, int]:
         return 0.0, STEP_TOO_LARGE
     if 2 * sum(left == right for left, right in itertools.pairwise(values)) >= len(values):
         return 0.0, STEP_TOO_SMALL
-    levels, changes_sign = _levels(values)
-    for order in range(len(levels) - 2):
-        window = levels[order:order + 3]
-        if changes_sign[order] and max(window) <= AGREEMENT * min(window):
-            return levels[order], NOISE_DETECTED
+    levels, changes_sign = [], []
+    for level, sign_change in _levels(values):  # stops at the first order that qualifies
+        levels.append(level)
+        changes_sign.append(sign_change)
+        if len(levels) >= 3:
+            window = levels[-3:]
+            if changes_sign[-3] and max(window) <= AGREEMENT * min(window):
+                return levels[-3], NOISE_DETECTED
     return 0.0, STEP_TOO_LARGE
 
 
@@ -315,8 +316,8 @@ def _validated(x, nf: int, max_tries: int, step: float | None):
     if nf < 4 or max_tries < 1:
         raise InputError(f"need nf >= 4 and max_tries >= 1, got nf={nf}, max_tries={max_tries}")
     dtype = working_dtype(x)
-    base = x.astype(np.float64)
-    if not np.all(np.isfinite(base)):
+    base = x.astype(np.float64, copy=False)  # only read
+    if not (math.isfinite(base.sum()) or np.all(np.isfinite(base))):  # a sum may overflow
         raise InputError("x must be finite")
     step = default_step(dtype) if step is None else float(step)
     if not (math.isfinite(step) and step > 0.0):

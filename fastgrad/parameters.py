@@ -136,7 +136,9 @@ class ParameterLayout:
         return flat
 
     def _concatenate(self, arrays) -> np.ndarray:
-        return np.concatenate([np.asarray(a).ravel() for a in arrays]).astype(self.dtype, copy=True)
+        # np.concatenate always makes a new array: it is the working copy when dtypes match
+        return np.concatenate([np.asarray(a).ravel() for a in arrays]).astype(self.dtype,
+                                                                              copy=False)
 
     def require_finite(self, flat: np.ndarray, what: str) -> None:
         if math.isfinite(flat.sum()):  # one pass, no temporary: the usual case

@@ -103,7 +103,7 @@ class Report:
     multiplier: float  # z
     details: CheckedCoordinates = field(repr=False, compare=False)
     notes: list[str] = field(default_factory=list)
-    seed: int | None = None  # reproduces the sample and the directions
+    seed: int | None = None  # reproduces the sample and the directions (None: a Monitor's)
     coverage: Coverage | None = None  # what a sampled check vouches for
     directions: list[DirectionResult] = field(default_factory=list)
     sensitivity: float | None = None  # single-coordinate error s_i·|δ| the directions catch
@@ -191,7 +191,7 @@ def format_report(report: Report) -> str:
         f"{report.noise:.2e}{'' if report.noise_detected else ' (not measured: bound used)'}; "
         f"allowed |D - g| = {report.multiplier:.1f} * rounding + truncation",
     ]
-    if report.coverage is not None or report.directions:
+    if (report.coverage is not None or report.directions) and report.seed is not None:
         lines.append(f"seed            {report.seed} (pass seed= to repeat this sample)")
     if report.coverage is not None:
         lines += report.coverage.lines()

@@ -192,7 +192,8 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
         raise InputError("give sample= or detect=, not both")
     sizes = [g.size for g in layout.groups]
     if isinstance(sample, (np.ndarray, list, tuple)):
-        return coverage_of(layout, _explicit(sample, layout.size), ALPHA if alpha is None else alpha)
+        return coverage_of(layout, _explicit(sample, layout.size),
+                           ALPHA if alpha is None else alpha, presorted=True)
     if detect is not None:
         fraction, alpha = _check_detect(detect)
         counts = [sample_size_for(size, fraction, alpha) for size in sizes]
@@ -204,18 +205,34 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
     return coverage_of(layout, np.concatenate(chosen), ALPHA if alpha is None else alpha)
 
 
+#: The streams of one check: children of its seed's SeedSequence, by spawn key.
+SAMPLE_STREAM, DIRECTIONS_STREAM = 0, 1
+
+
 def generators(seed) -> tuple[np.random.Generator, np.random.Generator, int]:
     """Independent generators for the sample and the directions of one check, from ``seed``
     (None: fresh entropy), and the entropy that reproduces them."""
-    sequence = np.random.SeedSequence(seed)
-    sample_seed, direction_seed = sequence.spawn(2)
-    return np.random.default_rng(sample_seed), np.random.default_rng(direction_seed), \
-        sequence.entropy
+    entropy = check_entropy(seed)
+    return stream(entropy, SAMPLE_STREAM), stream(entropy, DIRECTIONS_STREAM), entropy
 
 
-def coverage_of(layout: ParameterLayout, coords: np.ndarray, alpha: float = ALPHA) -> Coverage:
+def check_entropy(seed) -> int:
+    """The entropy of ``seed`` (None: fresh), which reproduces every stream of a check."""
+    return np.random.SeedSequence(seed).entropy
+
+
+def stream(entropy: int, key: int) -> np.random.Generator:
+    """Stream ``key`` of a check: SeedSequence(entropy).spawn(2)[key]'s generator, built
+    alone (a check needs one or two of them, at ~10 µs each)."""
+    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(key,)))
+
+
+def coverage_of(layout: ParameterLayout, coords: np.ndarray, alpha: float = ALPHA,
+                presorted: bool = False) -> Coverage:
     """The guarantee given by checking the flat coordinates ``coords`` (sorted here)."""
-    coords = np.sort(np.asarray(coords, dtype=np.int64))
+    coords = np.asarray(coords, dtype=np.int64)
+    if not presorted:
+        coords = np.sort(coords)
     counts = np.bincount(layout.group_index(coords), minlength=len(layout.groups))
     groups = [GroupCoverage(g.name, g.size, int(count), smallest_caught(g.size, int(count), alpha))
               for g, count in zip(layout.groups, counts)]
@@ -223,12 +240,14 @@ def coverage_of(layout: ParameterLayout, coords: np.ndarray, alpha: float = ALPH
 
 
 def _explicit(coords, size: int) -> np.ndarray:
+    """The given coordinates, validated, as sorted int64."""
     array = np.asarray(coords)
-    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+    if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu":
         raise InputError("sample given as coordinates must be a non-empty 1-D array of ints")
-    if array.min() < 0 or array.max() >= size or np.unique(array).size != array.size:
+    ordered = np.sort(array).astype(np.int64, copy=False)
+    if ordered[0] < 0 or ordered[-1] >= size or not (ordered[1:] != ordered[:-1]).all():
         raise InputError(f"sample coordinates must be distinct flat indices in [0, {size})")
-    return array.astype(np.int64)
+    return ordered
 
 
 def _budget(sample, size: int) -> int:
