@@ -134,6 +134,20 @@ def test_rotation_depends_on_the_seed_and_repeats_with_it(problem):
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
+def test_directions_repeat_with_the_seed_and_differ_between_checks(problem):
+    p = problem
+
+    def directional(seed):
+        mon = Monitor(mlp.loss, _grad, every=1, sample=SAMPLE, directions=2, seed=seed)
+        return [[d.analytic for d in mon.step(p.params, args=(p.X, p.Y)).directions]
+                for _ in range(2)]
+
+    first, again, other = directional(5), directional(5), directional(6)
+    assert first == again  # the same directions, check by check
+    assert first[0] != first[1]  # fresh directions at every check
+    assert first != other
+
+
 # ----------------------------------------------------------------------------- theta untouched
 
 
