@@ -31,7 +31,14 @@ from .noise import estimate_noise, estimate_noise_on, random_direction
 from .parameters import ParameterLayout
 from .plan import Plan, check_eps, directional_relative_step
 from .report import Report, build_report
-from .sampling import DIRECTIONS_STREAM, SAMPLE_STREAM, check_entropy, sample_coordinates, stream
+from .sampling import (
+    DIRECTIONS_STREAM,
+    SAMPLE_STREAM,
+    Coverage,
+    check_entropy,
+    sample_coordinates,
+    stream,
+)
 
 #: Fixed seed of the direction along which the loss's noise is measured: checks are reproducible.
 NOISE_SEED = 20261128
@@ -113,22 +120,32 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
               directions: int | None = None, seed=None,
               progress: Callable[[int, int], None] | None = None,
               directional_step: float | None = None,
-              directions_rng: np.random.Generator | None = None) -> Report:
+              directions_rng: np.random.Generator | None = None,
+              layout: ParameterLayout | None = None, coverage: Coverage | None = None
+              ) -> Report:
     """:func:`check`, for a caller that checks again and again (:class:`fastgrad.Monitor`):
     ``directional_step`` starts the directional tests at the step its previous check settled
-    on, which saves the tests at the default step, and ``directions_rng`` draws the
-    directions from the caller's own generator (seeded once for all its checks; the
-    report's seed is then None) instead of one built from ``seed`` for each check."""
+    on, which saves the tests at the default step; ``directions_rng`` draws the directions
+    from the caller's own generator (seeded once for all its checks; the report's seed is
+    then None) instead of one built from ``seed`` for each check; ``layout`` is theta's
+    layout at an earlier check (see :meth:`ParameterLayout.flatten_theta`), and ``coverage``
+    the sample, drawn and vouched for by the caller (instead of ``sample``/``detect``)."""
     started = time.perf_counter()
     args = _as_args(args)
     method = check_method(method)
     eps = None if eps is None else check_eps(eps)
-    layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
+    earlier = layout
+    layout, theta_flat = (ParameterLayout.from_theta(theta, dtype) if earlier is None
+                          else earlier.flatten_theta(theta, dtype))
+    if coverage is not None and earlier is not None and layout is not earlier:
+        raise InputError("theta's names, shapes or dtypes changed since its sample was drawn "
+                         "(a Monitor's theta must keep its structure from step to step)")
     directions = _check_directions(directions)
     sampled = sample is not None or detect is not None
     drawn = sampled and not isinstance(sample, (np.ndarray, list, tuple))  # not given
     entropy = check_entropy(seed) if drawn or (directions and directions_rng is None) else None
-    coverage = None
+    if sampled and coverage is not None:
+        raise InputError("give sample=/detect= or a coverage, not both")
     if sampled:
         coverage = sample_coordinates(layout, sample=sample, detect=detect,
                                       seed=stream(entropy, SAMPLE_STREAM) if drawn else None)

@@ -26,7 +26,7 @@ from .api import run_check
 from .errors import InputError
 from .parameters import ParameterLayout
 from .report import Report
-from .sampling import allocate
+from .sampling import ALPHA, Coverage, GroupCoverage, allocate, coverage_of
 
 
 class GradientCheckWarning(UserWarning):
@@ -99,6 +99,8 @@ class Monitor:
         self.seconds = 0.0  # spent in checks
         self.history: list[dict] = []
         self._rotations: list[_Rotation] | None = None
+        self._layout: ParameterLayout | None = None  # theta's, at the first check
+        self._guarantee: list[GroupCoverage] | None = None  # what each check's sample vouches for
         self._counts: list[int] = []
         self._checks = 0
         self._directional_step: float | None = None  # where the last directional tests settled
@@ -110,10 +112,11 @@ class Monitor:
         if call % self.every:
             return None
         started = time.perf_counter()
-        coords = self._next_coordinates(theta)
-        report = run_check(self.loss, self.grad, theta, args, sample=coords,
-                           directions=self.directions or None, directions_rng=self.rng,
-                           directional_step=self._directional_step, **self.options)
+        coverage = self._next_sample(theta)
+        report = run_check(self.loss, self.grad, theta, args, coverage=coverage,
+                           layout=self._layout, directions=self.directions or None,
+                           directions_rng=self.rng, directional_step=self._directional_step,
+                           **self.options)
         if report.directions and "eps" not in self.options:
             self._directional_step = min(result.step for result in report.directions)
         elapsed = time.perf_counter() - started
@@ -123,16 +126,22 @@ class Monitor:
             self._fail(report)
         return report
 
-    def _next_coordinates(self, theta) -> np.ndarray:
+    def _next_sample(self, theta) -> Coverage:
+        """The next coordinates of the rotation, and what they vouch for (the same counts
+        per group at every check, hence the same guarantee)."""
         if self._rotations is None:
-            layout, _ = ParameterLayout.from_theta(theta)
+            layout, _ = ParameterLayout.from_theta(theta, self.options.get("dtype"))
+            self._layout = layout
             self._rotations = [_Rotation(g.offset, g.size, _coprime_stride(g.size, self.rng),
                                          int(self.rng.integers(g.size))) for g in layout.groups]
             self._counts = allocate([g.size for g in layout.groups], self.sample)
         start = self._checks
         self._checks += 1
-        return np.concatenate([rotation.take(start * count, count)
-                               for rotation, count in zip(self._rotations, self._counts)])
+        coords = np.sort(np.concatenate([rotation.take(start * count, count) for rotation, count
+                                         in zip(self._rotations, self._counts)]))
+        if self._guarantee is None:
+            self._guarantee = coverage_of(self._layout, coords, presorted=True).groups
+        return Coverage(coords, self._guarantee, ALPHA)
 
     @staticmethod
     def _summary(call: int, report: Report, seconds: float) -> dict:

@@ -70,6 +70,7 @@ class ParameterLayout:
         self.is_dict = is_dict
         self.dtype = np.dtype(dtype)
         self.size = groups[-1].stop
+        self._source: tuple | None = None  # (dtype asked for, theta's dtypes): see from_theta
         self._offset_list = [g.offset for g in groups]
         self._offsets = np.array(self._offset_list, dtype=np.int64)
 
@@ -107,9 +108,29 @@ class ParameterLayout:
         else:
             raise InputError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
         layout = cls(tuple(groups), is_dict, working)
+        layout._source = (dtype, tuple(a.dtype for _, a in items))
         flat = layout._concatenate([a for _, a in items])
         layout.require_finite(flat, "theta")
         return layout, flat
+
+    def flatten_theta(self, theta, dtype=None) -> tuple[ParameterLayout, np.ndarray]:
+        """:meth:`from_theta` for a theta expected to have this layout (the same names,
+        shapes and dtypes, as a Monitor's theta from check to check): this layout and a flat
+        working copy, without building a new layout; any other theta goes through
+        :meth:`from_theta`."""
+        if self.is_dict and isinstance(theta, Mapping) \
+                and list(theta) == [g.name for g in self.groups]:
+            arrays = [np.asarray(theta[g.name]) for g in self.groups]
+        elif not self.is_dict and not isinstance(theta, Mapping):
+            arrays = [np.asarray(theta)]
+        else:
+            return self.from_theta(theta, dtype)
+        if not all(a.shape == g.shape for a, g in zip(arrays, self.groups)) \
+                or self._source != (dtype, tuple(a.dtype for a in arrays)):
+            return self.from_theta(theta, dtype)
+        flat = self._concatenate(arrays)
+        self.require_finite(flat, "theta")
+        return self, flat
 
     def flatten_like(self, value, what: str) -> np.ndarray:
         """Flatten ``value`` (structured like theta) into a new float64 vector."""

@@ -148,6 +148,15 @@ def test_directions_repeat_with_the_seed_and_differ_between_checks(problem):
     assert first != other
 
 
+def test_theta_must_keep_its_structure(problem):
+    p = problem
+    mon = Monitor(mlp.loss, _grad, every=1, sample=SAMPLE, directions=0, seed=0)
+    mon.step(p.params, args=(p.X, p.Y))
+    renamed = {("w1" if k == "W1" else k): v for k, v in p.params.items()}
+    with pytest.raises(InputError, match="structure"):
+        mon.step(renamed, args=(p.X, p.Y))
+
+
 # ----------------------------------------------------------------------------- theta untouched
 
 

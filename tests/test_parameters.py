@@ -67,6 +67,24 @@ def test_dict_flatten_structured_round_trip(theta):
 
 
 @settings(max_examples=40, deadline=None)
+@given(first=dict_thetas(), second=dict_thetas(), dtype=st.sampled_from([None, "float64"]))
+def test_flatten_theta_reuses_the_layout_only_for_the_same_structure(first, second, dtype):
+    layout, _ = ParameterLayout.from_theta(first, dtype)
+    for theta in (first, {k: v + 1.0 for k, v in first.items()}, second):
+        again, flat = layout.flatten_theta(theta, dtype)
+        fresh, expected = ParameterLayout.from_theta(theta, dtype)
+        same = [(k, v.shape, v.dtype) for k, v in theta.items()] == \
+            [(k, v.shape, v.dtype) for k, v in first.items()]
+        assert (again is layout) == same  # otherwise a new layout, as from_theta makes it
+        assert [(g.name, g.shape, g.offset) for g in again.groups] == \
+            [(g.name, g.shape, g.offset) for g in fresh.groups] and again.dtype == fresh.dtype
+        assert np.array_equal(flat, expected) and flat.dtype == expected.dtype
+        assert not any(np.shares_memory(flat, v) for v in theta.values())
+    with pytest.raises(fg.InputError, match="non-finite"):
+        layout.flatten_theta({k: np.full_like(v, np.nan) for k, v in first.items()}, dtype)
+
+
+@settings(max_examples=40, deadline=None)
 @given(theta=float_arrays())
 def test_array_flatten_structured_round_trip(theta):
     layout, flat = ParameterLayout.from_theta(theta)
