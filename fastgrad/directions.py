@@ -130,11 +130,13 @@ class DirectionalTester:
         self.base = theta.astype(np.float64, copy=False)
         self.scale = np.maximum(1.0, np.abs(self.base))
 
-    def gaussian(self, rng: np.random.Generator) -> np.ndarray:
-        """v = Z·s, Z ~ N(0, I)."""
-        direction = rng.standard_normal(self.theta.size)
-        direction *= self.scale
-        return direction
+    def gaussian(self, rng: np.random.Generator, count: int | None = None) -> np.ndarray:
+        """v = Z·s, Z ~ N(0, I); with ``count``, that many as the rows of one array (the
+        same values as ``count`` draws of one)."""
+        shape = self.theta.size if count is None else (count, self.theta.size)
+        directions = rng.standard_normal(shape)
+        directions *= self.scale
+        return directions
 
     def localising(self, rng: np.random.Generator, support: np.ndarray) -> np.ndarray:
         """v_i = ±U(1/2, 3/2)·s_i on ``support`` (a boolean mask), 0 elsewhere."""
@@ -144,35 +146,45 @@ class DirectionalTester:
     def _difference(self, direction: np.ndarray, multiple: float):
         """(N, A, r, moved) at step multiple·h0: numerical, analytic and rounding std, per
         unit h0, and whether the two points differ at all."""
+        return self.differences(direction[np.newaxis], multiple)[0]
+
+    def differences(self, directions: np.ndarray, multiple: float) -> list[tuple]:
+        """:meth:`_difference` of each row of ``directions`` (m × n), in m-row array
+        operations: the NumPy calls of one direction serve them all."""
         dtype = self.theta.dtype
         step = multiple * self.step
-        move = direction * step
+        move = directions * step
         plus = (self.base + move).astype(dtype, copy=False)
         minus = (self.base - move).astype(dtype, copy=False)
         terms = np.subtract(plus, minus, out=move, dtype=np.float64)  # the offsets taken
-        moved = bool(terms.any())
-        f_plus = self.run.at(plus, "along a direction", fresh=True)
-        f_minus = self.run.at(minus, "along a direction", fresh=True)
+        moved = terms.any(axis=1).tolist()
+        values = [(self.run.at(plus[j], "along a direction", fresh=True),
+                   self.run.at(minus[j], "along a direction", fresh=True))
+                  for j in range(len(directions))]
         terms *= self.analytic
-        analytic = float(terms.sum()) / (2.0 * step)
-        magnitude = float(np.abs(terms, out=terms).sum())
-        numerical = (f_plus - f_minus) / (2.0 * step)
-        noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus, dtype)
-        rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
+        analytic = (terms.sum(axis=1) / (2.0 * step)).tolist()  # pairwise along each row
+        magnitude = np.abs(terms, out=terms).sum(axis=1).tolist()
         # NumPy's pairwise sum of the n products g_i·Δ_i errs by at most about
         # u·(log2 n + 1)·Σ|g_i·Δ_i| (Higham, Accuracy and Stability, §4.2).
-        pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.size, 2)) + 1.0)
-        rounding += pairwise * magnitude / (2.0 * step)
-        return numerical, analytic, rounding, moved
+        pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.shape[1], 2)) + 1.0)
+        results = []
+        for (f_plus, f_minus), a, size, shifted in zip(values, analytic, magnitude, moved):
+            noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus, dtype)
+            rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
+            rounding += pairwise * size / (2.0 * step)
+            results.append(((f_plus - f_minus) / (2.0 * step), a, rounding, shifted))
+        return results
 
     def test(self, direction: np.ndarray, label: str,
-             predicted_truncation: float | None = None) -> DirectionResult:
+             predicted_truncation: float | None = None, first: tuple | None = None
+             ) -> DirectionResult:
         """N − A judged against z·r; on disagreement, again at 2h0 with Richardson.
 
         With ``predicted_truncation`` T (from a related direction, see :class:`Localiser`),
         a residual beyond z·r + TRUNCATION_MARGIN·T fails without the second step.
+        ``first``: the difference at h0, if already made (see :meth:`differences`).
         """
-        numerical, analytic, rounding, moved = self._difference(direction, 1.0)
+        numerical, analytic, rounding, moved = first or self._difference(direction, 1.0)
         first_rounding = rounding
         error = self.multiplier * rounding
         evaluations, truncation = 2, 0.0
@@ -214,8 +226,10 @@ def run_directions(tester: DirectionalTester, count: int, rng: np.random.Generat
     smallest error it can see, falls from about T to about z·r at h*.  Once a test
     fails, the others are not repeated.
     """
-    directions = [tester.gaussian(rng) for _ in range(count)]
-    results = [tester.test(v, f"direction {j + 1}") for j, v in enumerate(directions)]
+    directions = tester.gaussian(rng, count)
+    firsts = tester.differences(directions, 1.0)
+    results = [tester.test(v, f"direction {j + 1}", first=first)
+               for j, (v, first) in enumerate(zip(directions, firsts))]
     for j, (direction, result) in enumerate(zip(directions, results)):
         if any(r.failed for r in results):
             break  # the verdict is made: the rest keep their first, coarser test
