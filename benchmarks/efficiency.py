@@ -53,7 +53,7 @@ import fastgrad.engine as engine_module
 from fastgrad.analysis import relative_error
 from fastgrad.bench.peers import naive_gradient
 from fastgrad.engine import Engine, available_cores
-from fastgrad.engine.compiled import evaluate_chunk_kernel
+from fastgrad.engine.compiled import chunk_kernel
 from fastgrad.models import mlp
 
 D, H, C, M = 100, 128, 10, 128
@@ -157,8 +157,8 @@ def kernel_t_f(theta, args, rows: np.ndarray) -> tuple[float, Timed]:
     values = np.stack([theta[rows] + steps, theta[rows] - steps], axis=1)
     out = np.empty(values.shape)
     with Timed() as timed:
-        evaluate_chunk_kernel(mlp.loss, theta.copy(), theta.shape, rows, values, out, 0,
-                              rows.size, np.zeros(2, dtype=np.int64), args)
+        chunk_kernel(mlp.loss)(theta.copy(), theta.shape, rows, values, out, 0, rows.size,
+                               np.zeros(2, dtype=np.int64), args)
     return timed.seconds / values.size, timed
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..api import check
 from ..engine import Engine, available_cores
-from ..engine.compiled import evaluate_chunk_kernel
+from ..engine.compiled import chunk_kernel
 from ..models import mlp
 from ..parameters import ParameterLayout
 from .common import (
@@ -104,8 +104,8 @@ def _kernel_batch(problem, t_f: float, budget_s: float):
     args = (problem.X, problem.Y)
 
     def run(work):
-        evaluate_chunk_kernel(mlp.loss, work, (theta.size,), coords, values,
-                              np.empty(values.shape), 0, rows, np.zeros(2, dtype=np.int64), args)
+        chunk_kernel(mlp.loss)(work, (theta.size,), coords, values, np.empty(values.shape), 0,
+                               rows, np.zeros(2, dtype=np.int64), args)
     return rows, run
 
 
