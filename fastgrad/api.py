@@ -350,8 +350,9 @@ def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
     evaluations) and both references bound the stencil's noise.
     """
     where = "near theta (noise estimate)"
-    point = (theta.astype(np.float64) + relative_step * random_direction(theta, NOISE_SEED + 1)
-             ).astype(theta.dtype)
+    move = random_direction(theta, NOISE_SEED + 1)
+    move *= relative_step
+    point = (move + theta).astype(theta.dtype, copy=False)  # float64 sums, rounded to θ's
     f1 = run.at(point, where, fresh=True)
     f0 = noise.f0
     if not (f0 == 0.0 or np.sign(f1) == np.sign(f0)) or abs(f1) <= DISPLACED_GROWTH * abs(f0):

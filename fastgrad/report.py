@@ -352,7 +352,7 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
     return Report(
         verdict=verdict, relative_error=relative, size=layout.size, checked=int(coords.size),
         failed=failed, evaluations=evaluations, seconds=seconds, engine=run.name,
-        workers=run.workers, dtype=str(layout.dtype), relative_step=plan.relative_step,
+        workers=run.workers, dtype=layout.dtype.name, relative_step=plan.relative_step,
         method=method, kinks=int(kink.sum()), unresolved=int(unresolved.sum()), noise=float(noise.sigma), noise_detected=bool(noise.detected),
         refined=int(coordinates.refined.size),
         multiplier=analysis.noise_multiplier(len(plan)),
