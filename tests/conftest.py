@@ -35,6 +35,24 @@ def decay_grad(p, t, data):
 
 
 @numba.njit(nogil=True)
+def summed_least_squares(w, X, y):
+    """Σ_i (x_i·w − y_i)², summed (not averaged) in one sequential loop: its rounding noise
+    grows with the number of rows."""
+    total = 0.0
+    for i in range(X.shape[0]):
+        r = -y[i]
+        for j in range(X.shape[1]):
+            r += X[i, j] * w[j]
+        total += r * r
+    return total
+
+
+def summed_least_squares_grad(w, X, y):
+    """Its gradient 2·Xᵀ(Xw − y)."""
+    return 2.0 * X.T @ (X @ w - y)
+
+
+@numba.njit(nogil=True)
 def cube_sum(x):
     """sum(x**3) of an array of any shape, as a sequential loop in C order."""
     flat = x.reshape(x.size) if x.ndim != 1 else x

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import decay_grad, decay_loss
+from conftest import decay_grad, decay_loss, summed_least_squares
 from numba import njit
 
 import fastgrad
@@ -33,18 +33,6 @@ def _loss_l2(theta, X, Y, lam):
     for i in range(theta.size):
         total += theta[i] * theta[i]
     return mlp.loss(theta, X, Y) + 0.5 * lam * total
-
-
-@njit(cache=True, nogil=True)
-def _least_squares(w, X, y):
-    """Σ_j (x_j·w − y_j)², summed (not averaged) over the rows: its rounding noise grows with m."""
-    total = 0.0
-    for j in range(X.shape[0]):
-        r = -y[j]
-        for k in range(X.shape[1]):
-            r += X[j, k] * w[k]
-        total += r * r
-    return total
 
 
 @njit(cache=True, nogil=True)
@@ -141,17 +129,17 @@ def test_least_squares_summed_over_1e5_samples_passes():
     grad = 2.0 * X.T @ (X @ w - y)
     scores = []
     for seed in range(5):
-        report = fastgrad.check(_least_squares, grad, w, args=(X, y), directions=4, seed=seed)
+        report = fastgrad.check(summed_least_squares, grad, w, args=(X, y), directions=4, seed=seed)
         assert report.passed, str(report)
         # the summed loss's noise is measured, and is far above one rounding of f (≈ 43 u·|f|)
         assert report.noise_detected
-        assert report.noise > 10 * np.finfo(float).eps * abs(_least_squares(w, X, y))
+        assert report.noise > 10 * np.finfo(float).eps * abs(summed_least_squares(w, X, y))
         scores += [dd.score for dd in report.directions]
     assert max(scores) < 1.0
     # and the same check fails a gradient off by 1e-6 relative in one coordinate
     wrong = grad.copy()
     wrong[5] *= 1.0 + 1e-6
-    assert all(not fastgrad.check(_least_squares, wrong, w, args=(X, y), directions=4, seed=s).passed
+    assert all(not fastgrad.check(summed_least_squares, wrong, w, args=(X, y), directions=4, seed=s).passed
                for s in range(3))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from conftest import summed_least_squares, summed_least_squares_grad
 
 import fastgrad as fg
 from fastgrad import analysis
@@ -89,22 +90,6 @@ def test_eps_overrides_the_step(cube_point):
 
 
 # ================================================================= correct gradients pass
-@numba.njit(nogil=True)
-def summed_least_squares(w, X, y):
-    """sum_i (x_i·w − y_i)², summed (not averaged), one sequential loop."""
-    total = 0.0
-    for i in range(X.shape[0]):
-        r = -y[i]
-        for j in range(X.shape[1]):
-            r += X[i, j] * w[j]
-        total += r * r
-    return total
-
-
-def summed_least_squares_grad(w, X, y):
-    return 2.0 * X.T @ (X @ w - y)
-
-
 def test_summed_least_squares_over_1e5_samples_passes_where_the_seed_rule_false_alarms(
         record_score):
     rng = np.random.default_rng(7)
