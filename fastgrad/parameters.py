@@ -65,12 +65,13 @@ def _working_dtype(dtypes) -> np.dtype:
 class ParameterLayout:
     """How a structured ``theta`` (array or dict of arrays) maps to a flat vector."""
 
-    def __init__(self, groups: tuple[Group, ...], is_dict: bool, dtype: np.dtype):
+    def __init__(self, groups: tuple[Group, ...], is_dict: bool, dtype: np.dtype,
+                 source: tuple | None = None):
         self.groups = groups
         self.is_dict = is_dict
         self.dtype = np.dtype(dtype)
         self.size = groups[-1].stop
-        self._source: tuple | None = None  # (dtype asked for, theta's dtypes): see from_theta
+        self._source = source  # (dtype asked for, theta's dtypes): see flatten_theta
         self._offset_list = [g.offset for g in groups]
         self._offsets = np.array(self._offset_list, dtype=np.int64)
 
@@ -107,8 +108,7 @@ class ParameterLayout:
             working = np.dtype(dtype)
         else:
             raise InputError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
-        layout = cls(tuple(groups), is_dict, working)
-        layout._source = (dtype, tuple(a.dtype for _, a in items))
+        layout = cls(tuple(groups), is_dict, working, (dtype, tuple(a.dtype for _, a in items)))
         flat = layout._concatenate([a for _, a in items])
         layout.require_finite(flat, "theta")
         return layout, flat
