@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from . import _validation as validate
 from . import analysis
 from .derivatives import (
     Context,
@@ -26,10 +27,12 @@ from .derivatives import (
 )
 from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
 from .engine import Engine, make_engine
-from .errors import InputError, LossError
+from .engine.compiled import is_compiled
+from .errors import GradientMismatch, InputError, LossError, describe
 from .noise import estimate_noise, estimate_noise_on, random_direction
 from .parameters import ParameterLayout
 from .plan import Plan, check_eps, directional_relative_step
+from .progress import ProgressBar
 from .report import Report, build_report
 from .sampling import (
     DIRECTIONS_STREAM,
@@ -53,11 +56,11 @@ LOCALISATION_PER_HALVING = 10
 LOCALISATION_EXTRA = 100
 
 
-def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
-          eps: float | None = None, dtype=None, workers: int | None = None,
-          engine: str = "auto", sample=None, detect: tuple[float, float] | None = None,
-          directions: int | None = None, seed=None,
-          progress: Callable[[int, int], None] | None = None) -> Report:
+def check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None,
+          method: str = "central", eps: float | None = None, dtype=None,
+          workers: int | None = None, engine: str = "auto", sample=None,
+          detect: tuple[float, float] | None = None, directions: int | None = None, seed=None,
+          progress: bool | Callable[[int, int], None] | None = None) -> Report:
     """Compare an analytic gradient with finite differences of the loss, coordinate by coordinate.
 
     Parameters
@@ -72,7 +75,10 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     theta : float array of any shape, or dict of named float arrays
         The point of the check.  Never modified.
     args : tuple
-        Extra arguments of loss (and of grad when it is callable).
+        Extra arguments of loss (and of grad when it is callable); ``args=(X,)`` for one.
+    kwargs : dict, optional
+        Keyword arguments of loss (and of grad when it is callable): ``loss(theta, *args,
+        **kwargs)``.  A compiled loss receives them in their positions of its signature.
     method : {"central", "central4", "complex"}
         Central differences (2 evaluations per coordinate), the fourth-order
         4-point stencil (4), or the complex step (1 complex evaluation; the loss
@@ -99,26 +105,29 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
         one fails, localise the error by group testing.  Alone, no coordinate is
         checked one by one; with ``sample``/``detect``, both are done.
     seed : int, optional
-        Seed of the sample and the directions (None: fresh; the report gives it).
-    progress : callable, optional
-        ``progress(coordinates, evaluations)`` with the counts just finished, called from
-        worker threads (see :class:`fastgrad.progress.ProgressBar`).
+        Seed of the sample and the directions, a non-negative integer (None: fresh; the
+        report gives it).
+    progress : bool or callable, optional
+        True: a progress bar on stderr (shown once the check has run a second).  A callable
+        is called as ``progress(coordinates, evaluations)`` with the counts just finished,
+        from worker threads (see :class:`fastgrad.progress.ProgressBar`); if it raises, the
+        check stops with that error.
 
     Returns
     -------
     Report
         ``report.passed``, ``report.verdict``, ``report.relative_error``; print it.
     """
-    return run_check(loss, grad, theta, args, method=method, eps=eps, dtype=dtype,
-                     workers=workers, engine=engine, sample=sample, detect=detect,
+    return run_check(loss, grad, theta, args, kwargs=kwargs, method=method, eps=eps,
+                     dtype=dtype, workers=workers, engine=engine, sample=sample, detect=detect,
                      directions=directions, seed=seed, progress=progress)
 
 
-def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
-              eps: float | None = None, dtype=None, workers: int | None = None,
-              engine: str = "auto", sample=None, detect: tuple[float, float] | None = None,
-              directions: int | None = None, seed=None,
-              progress: Callable[[int, int], None] | None = None,
+def run_check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None,
+              method: str = "central", eps: float | None = None, dtype=None,
+              workers: int | None = None, engine: str = "auto", sample=None,
+              detect: tuple[float, float] | None = None, directions: int | None = None,
+              seed=None, progress: bool | Callable[[int, int], None] | None = None,
               directional_step: float | None = None,
               directions_rng: np.random.Generator | None = None,
               layout: ParameterLayout | None = None, coverage: Coverage | None = None
@@ -131,19 +140,24 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     layout at an earlier check (see :meth:`ParameterLayout.flatten_theta`), and ``coverage``
     the sample, drawn and vouched for by the caller (instead of ``sample``/``detect``)."""
     started = time.perf_counter()
-    args = _as_args(args)
-    method = check_method(method)
-    eps = None if eps is None else check_eps(eps)
+    options = validate.check_options(loss, args=args, kwargs=kwargs, method=method, eps=eps,
+                                     dtype=dtype, workers=workers, engine=engine, sample=sample,
+                                     detect=detect, directions=directions, seed=seed,
+                                     progress=progress)
+    loss, grad, args = validate.bind_keywords(loss, grad, options.args, options.kwargs,
+                                              is_compiled(loss))
+    method, eps, dtype, directions = options.method, options.eps, options.dtype, options.directions
+    sample, detect = options.sample, options.detect
     earlier = layout
     layout, theta_flat = (ParameterLayout.from_theta(theta, dtype) if earlier is None
                           else earlier.flatten_theta(theta, dtype))
     if coverage is not None and earlier is not None and layout is not earlier:
         raise InputError("theta's names, shapes or dtypes changed since its sample was drawn "
                          "(a Monitor's theta must keep its structure from step to step)")
-    directions = _check_directions(directions)
     sampled = sample is not None or detect is not None
     drawn = sampled and not isinstance(sample, (np.ndarray, list, tuple))  # not given
-    entropy = check_entropy(seed) if drawn or (directions and directions_rng is None) else None
+    entropy = check_entropy(options.seed) if drawn or (directions and directions_rng is None) \
+        else None
     if sampled and coverage is not None:
         raise InputError("give sample=/detect= or a coverage, not both")
     if sampled:
@@ -151,7 +165,23 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
                                       seed=stream(entropy, SAMPLE_STREAM) if drawn else None)
     analytic, analytic_eps = _analytic_gradient(grad, theta_flat, layout, args)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
+    total = layout.size if coverage is None else coverage.coords.size
+    bar = ProgressBar(total) if options.progress is True else None
+    progress = bar if bar is not None else options.progress
     run.progress = progress
+    try:
+        return _checked(run, loss, theta_flat, layout, analytic, analytic_eps, args, method, eps,
+                        engine, workers, coverage, directions, directions_rng, directional_step,
+                        progress, entropy, started)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _checked(run, loss, theta_flat, layout, analytic, analytic_eps, args, method, eps, engine,
+             workers, coverage, directions, directions_rng, directional_step, progress, entropy,
+             started) -> Report:
+    """The stages of :func:`run_check` after its inputs are validated."""
     f0 = run.at(theta_flat)
     # Directions move every coordinate: their differences need a dense direction's noise.
     sparse = not directions and coverage is not None \
@@ -183,11 +213,16 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
                         seconds=time.perf_counter() - started)
 
 
-def assert_gradient(loss: Callable, grad, theta, args=(), **options) -> Report:
-    """Like :func:`check`, but raise AssertionError, with the report as message, on "fail"."""
+def assert_gradient(loss: Callable, grad, theta, args=(), *, strict: bool = False,
+                    **options) -> Report:
+    """Like :func:`check`, but raise :class:`fastgrad.GradientMismatch` (an AssertionError
+    carrying ``.report``, with the report as message) on "fail", and on "warn" too with
+    ``strict=True``.  Returns the report otherwise."""
+    __tracebackhide__ = True  # pytest shows the caller's line, not fastgrad's frames
+    strict = validate.flag("strict", strict)
     report = check(loss, grad, theta, args, **options)
-    if not report.passed:
-        raise AssertionError("\n" + str(report))
+    if not report.passed or (strict and report.verdict != "pass"):
+        raise GradientMismatch(report)
     return report
 
 
@@ -234,7 +269,11 @@ def _analytic_gradient(grad, theta_flat: np.ndarray, layout: ParameterLayout,
     machine epsilon of the coarsest precision it was given in (float64 for integers)."""
     what = "grad"
     if callable(grad) and not isinstance(grad, (np.ndarray, Mapping)):
-        grad = grad(layout.structured(theta_flat.copy()), *args)
+        try:
+            grad = grad(layout.structured(theta_flat.copy()), *args)
+        except Exception as error:
+            raise InputError(f"grad(theta, *args) raised {type(error).__name__}: "
+                             f"{describe(error)}") from error
         what = "grad(theta, *args)"
     flat = layout.flatten_like(grad, what)
     arrays = grad.values() if isinstance(grad, Mapping) else [grad]

@@ -18,3 +18,19 @@ class LossError(GradientCheckError, RuntimeError):
         super().__init__(message)
         self.coordinate = coordinate
         self.step = step
+
+
+class GradientMismatch(AssertionError):
+    """:func:`fastgrad.assert_gradient` found the gradient wrong; ``.report`` says how."""
+
+    def __init__(self, report):
+        super().__init__("\n" + str(report))
+        self.report = report
+
+
+def describe(error: BaseException) -> str:
+    """``error``'s message, even when its ``__str__`` itself raises."""
+    try:
+        return str(error)
+    except Exception:  # a broken __str__ must not hide the original error
+        return f"(the {type(error).__name__}'s message could not be formatted)"

@@ -136,3 +136,42 @@ def test_fallback_sees_a_library_loaded_after_first_use():
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_overlapping_limits_in_two_threads_restore_the_original(monkeypatch):
+    """Two checks in two threads, the first leaving while the second still runs: BLAS stays
+    limited until the second leaves, then returns to what it was before either began.
+
+    Two fake libraries stand in for OpenBLAS: a real OpenBLAS ignores limits set from
+    other threads once the main thread has set one, which would hide the logic under test.
+    """
+    import threading
+
+    threads_of = {"a": 2, "b": 2}
+    fakes = [(name, (lambda n=name: threads_of[n], lambda k, n=name: threads_of.__setitem__(n, k)))
+             for name in threads_of]
+    monkeypatch.setattr(blas, "USE_THREADPOOLCTL", False)
+    monkeypatch.setattr(blas, "_loaded_openblas", lambda: fakes)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with blas.limit_blas_threads(1):
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with blas.limit_blas_threads(1):
+            second_in.set()
+            first_out.wait(10)
+            seen["after first left"] = dict(threads_of)
+
+    workers = [threading.Thread(target=first), threading.Thread(target=second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(20)
+    assert seen["after first left"] == {"a": 1, "b": 1}
+    assert threads_of == {"a": 2, "b": 2}

@@ -16,12 +16,12 @@ from collections.abc import Callable
 import numpy as np
 from numba.core.errors import NumbaError
 
-from ..errors import InputError, LossError
+from ..errors import GradientCheckError, InputError, LossError, describe
 from ..parameters import ParameterLayout
-from .base import Evaluator, Workspace
+from .base import Evaluator, Workspace, WrongReturn, as_scalar
 from .compiled import CompiledEvaluator, available_cores, is_compiled
 from .python import PythonEvaluator
-from .threads import InputModified, chunk_size, run_chunks
+from .threads import InputModified, ProgressFailed, chunk_size, run_chunks
 
 __all__ = ["ENGINES", "Engine", "Evaluator", "Workspace", "available_cores", "make_engine"]
 
@@ -80,15 +80,15 @@ class Engine:
         try:
             value, given = self.evaluator.at(point, copy=not fresh)
         except Exception as error:
-            raise _call_error(error, where) from error
+            raise _call_error(error, where, self.layout) from error
         self._counted(started)
         if fresh:
-            return _as_scalar(value, where, complex_ok)
+            return as_scalar(value, where, complex_ok)
         changed = np.flatnonzero(given != np.asarray(point, dtype=given.dtype))
         if changed.size:
             raise LossError(f"the loss modifies its input: {self.layout.label(int(changed[0]))} "
                             f"changed {where} (copy theta before writing to it)")
-        return _as_scalar(value, where, complex_ok)
+        return as_scalar(value, where, complex_ok)
 
     def at_changed(self, indices: np.ndarray, values: np.ndarray, where: str) -> float:
         """f(θ with θ[indices] = values) as a float, in a private copy of θ kept for such
@@ -103,11 +103,11 @@ class Engine:
         try:
             value, intact = self.evaluator.at_changed(self._single, indices, values)
         except Exception as error:
-            raise _call_error(error, where) from error
+            raise _call_error(error, where, self.layout) from error
         self._counted(started)
         if not intact:
             raise LossError(f"the loss modifies its input {where} (copy theta before writing to it)")
-        return _as_scalar(value, where)
+        return as_scalar(value, where)
 
     def _counted(self, started: float) -> None:
         """Count one evaluation begun at ``started`` (perf_counter) and keep its time."""
@@ -128,19 +128,28 @@ class Engine:
             out, failure = run_chunks(self.evaluator, coords, values, workers=workers,
                                       rows_per_chunk=size, progress=self.progress)
         except NumbaError as error:
-            raise InputError(f"the compiled loss cannot be used in the kernel: {error}") from error
+            raise InputError(compile_failure(error, self.layout)) from error
         done = int(np.isfinite(out).sum())
         self.evaluations += done
         if done:
             self.seconds_per_evaluation = (time.perf_counter() - started) * workers / done
         if failure is not None:
             self._raise(failure, coords, values)
+        if done < out.size:  # every failure is reported above: this would be fastgrad's bug
+            raise RuntimeError(f"fastgrad: {out.size - done} of {out.size} evaluations were not "
+                               "made and no failure was reported")
         return out
 
     def _raise(self, failure, coords, values) -> None:
-        if isinstance(failure.error, InputModified):
-            raise LossError(f"the loss modifies its input: {self.layout.label(failure.error.index)} "
+        error = failure.error
+        if isinstance(error, InputModified):
+            raise LossError(f"the loss modifies its input: {self.layout.label(error.index)} "
                             "changed during the check (copy theta before writing to it)")
+        if isinstance(error, ProgressFailed):
+            raise GradientCheckError(f"the progress callback raised {type(error.error).__name__}: "
+                                     f"{describe(error.error)}; the check stopped") from error.error
+        if failure.row < 0:
+            raise error  # not tied to an evaluation: fastgrad's own failure, as it was
         row = failure.row
         coordinate = self.layout.label(int(coords[row]))
         point = failure.point
@@ -149,32 +158,32 @@ class Engine:
         if failure.error is None:
             raise LossError(f"the loss returned a non-finite value {where}",
                             coordinate=coordinate, step=step)
-        error = failure.error
-        raise LossError(f"the loss raised {type(error).__name__} {where}: {error}",
+        if isinstance(error, WrongReturn):
+            raise WrongReturn(f"{error} {where}", coordinate=coordinate, step=step) from None
+        raise LossError(f"the loss raised {type(error).__name__} {where}: {describe(error)}",
                         coordinate=coordinate, step=step) from error
 
 
-def _call_error(error: Exception, where: str) -> Exception:
+def _call_error(error: Exception, where: str, layout: ParameterLayout) -> Exception:
     """fastgrad's exception for one the loss raised in a single evaluation."""
     if isinstance(error, NumbaError):
-        return InputError(f"the compiled loss cannot be called with these arguments: {error}")
-    return LossError(f"the loss raised {type(error).__name__} {where}: {error}")
+        return InputError(compile_failure(error, layout))
+    if isinstance(error, ImportError) and "scipy" in str(error).lower():
+        return LossError(f"the loss raised ImportError {where}: {describe(error)}: install "
+                         "scipy (Numba's @ and np.dot need it)")
+    return LossError(f"the loss raised {type(error).__name__} {where}: {describe(error)}")
 
 
-def _as_scalar(value, where: str, complex_ok: bool = False):
-    if type(value) is float:  # what a compiled loss returns: the rest is for other types
-        if math.isfinite(value):
-            return complex(value) if complex_ok else value
-        raise LossError(f"the loss is {value} {where}")
-    if np.ndim(value) != 0:
-        raise LossError(f"the loss must return a scalar; it returned shape {np.shape(value)} {where}")
-    if np.iscomplexobj(value) and not complex_ok:
-        raise LossError(f"the loss returned a complex value {where}")
-    try:
-        result = complex(value) if complex_ok else float(value)
-    except (TypeError, ValueError):
-        raise LossError(f"the loss must return a real scalar, got {type(value).__name__} {where}"
-                        ) from None
-    if not np.isfinite(result):
-        raise LossError(f"the loss is {result} {where}")
-    return result
+def compile_failure(error: BaseException, layout: ParameterLayout) -> str:
+    """One or two lines on why Numba could not compile the loss (its full text stays the
+    exception's cause): the line of Numba's message that names the problem, and what a
+    compiled loss receives."""
+    lines = [line.strip() for line in describe(error).splitlines() if line.strip()]
+    reason = next((line for line in lines[1:] if not line.startswith(("During:", "File "))),
+                  lines[0])
+    receives = ("one flat float64 vector (theta's groups concatenated in order, each in C "
+                "order), not a dict" if layout.is_dict
+                else f"theta as one {layout.dtype} array of shape {layout.array_shape}")
+    return (f"the compiled loss failed to compile for the arguments it receives: "
+            f"{reason[:200]}\n(a compiled loss receives {receives}, then the args; Numba's full "
+            "message is this error's cause)")

@@ -11,9 +11,12 @@ chunk is self-contained: ``coords[start:stop]`` and ``values[start:stop]`` in,
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
+
+from ..errors import LossError
 
 
 class Workspace:
@@ -48,6 +51,13 @@ class Evaluator(ABC):
     def workspace(self) -> Workspace:
         return Workspace(self.theta, self.view)
 
+    def argument(self, workspace: Workspace):
+        """What the loss is called with from ``workspace``: its view, or a new dict of the
+        view's arrays when the view is a dict, so that a loss that rebinds a key
+        (``p["W"] = p["W"] * 1.0``) cannot hide later perturbations from itself."""
+        view = workspace.view
+        return dict(view) if isinstance(view, dict) else view
+
     def at(self, point: np.ndarray, copy: bool = True):
         """The raw return value of the loss at the flat ``point``, and the array it was given
         (a copy of ``point``, or, with ``copy=False``, ``point`` itself in θ's dtype)."""
@@ -63,7 +73,7 @@ class Evaluator(ABC):
         flat = workspace.flat
         flat[indices] = values
         try:
-            value = self.loss(workspace.view, *self.args)
+            value = self.loss(self.argument(workspace), *self.args)
             intact = bool(np.array_equal(flat[indices], values))
         finally:
             flat[indices] = self.theta[indices]
@@ -73,3 +83,39 @@ class Evaluator(ABC):
     def evaluate_chunk(self, workspace: Workspace, coords: np.ndarray, values: np.ndarray,
                        out: np.ndarray, start: int, stop: int) -> None:
         """Fill ``out[start:stop]``; on return ``workspace.flat`` equals θ again."""
+
+
+class WrongReturn(LossError):
+    """The loss returned something other than a real scalar (inside a chunk: the engine adds
+    the coordinate and the step)."""
+
+
+def as_scalar(value, where: str = "", complex_ok: bool = False, finite: bool = True):
+    """The loss's return value as a Python float (complex with ``complex_ok``).
+
+    Raises WrongReturn when it is not a real scalar (a bool, a string, an array), and
+    LossError when it is not finite (with ``finite=False``, a non-finite value is returned
+    for the caller to report).
+    """
+    if type(value) is float:  # what a compiled loss returns: the rest is for other types
+        if math.isfinite(value) or not finite:
+            return complex(value) if complex_ok else value
+        raise LossError(f"the loss is {value} {where}".rstrip())
+    if isinstance(value, (bool, np.bool_, str, bytes)) or (
+            isinstance(value, np.ndarray) and value.dtype.kind not in "iufc"):
+        raise WrongReturn(f"the loss must return a real scalar, got {type(value).__name__} "
+                          f"{value!r:.40} {where}".rstrip())
+    if np.ndim(value) != 0:
+        hint = "; use .item() or [0] to return its single value" if np.size(value) == 1 else ""
+        raise WrongReturn(f"the loss must return a scalar; it returned shape {np.shape(value)} "
+                          f"{where}".rstrip() + hint)
+    if np.iscomplexobj(value) and not complex_ok:
+        raise WrongReturn(f"the loss returned a complex value {where}".rstrip())
+    try:
+        result = complex(value) if complex_ok else float(value)
+    except (TypeError, ValueError):
+        raise WrongReturn(f"the loss must return a real scalar, got {type(value).__name__} "
+                          f"{where}".rstrip()) from None
+    if finite and not np.isfinite(result):
+        raise LossError(f"the loss is {result} {where}".rstrip())
+    return result

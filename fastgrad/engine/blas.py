@@ -14,6 +14,7 @@ import ctypes
 import functools
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
 #: Use threadpoolctl when importable.  Set to False to force the fallback (tests do).
@@ -88,24 +89,54 @@ def _symbols(path: str) -> tuple | None:
     return None
 
 
+#: The limits in force, one per active limit_blas_threads (in any thread), in order of
+#: entry, and how to restore the settings found by the first of them.
+_active: list[list[int]] = []
+_restore_original = None
+_active_lock = threading.Lock()
+
+
+def _apply(limit: int):
+    """Set every loaded BLAS pool to ``limit`` threads; return a function restoring what
+    they had before."""
+    tpc = _threadpoolctl() if USE_THREADPOOLCTL else None
+    if tpc is not None:
+        return _controller(tpc).limit(limits=limit, user_api="blas").restore_original_limits
+    previous = [(set_, get()) for _, (get, set_) in _loaded_openblas()]
+    for set_, _ in previous:
+        set_(limit)
+
+    def restore() -> None:
+        for set_, threads in previous:
+            set_(threads)
+    return restore
+
+
 @contextlib.contextmanager
 def limit_blas_threads(limit: int = 1) -> Iterator[None]:
     """Limit every loaded BLAS pool to ``limit`` threads; restore them on exit, even on error.
 
-    Nests.  Uses overlapping in different threads each restore what they saw on entry."""
-    tpc = _threadpoolctl() if USE_THREADPOOLCTL else None
-    if tpc is not None:
-        with _controller(tpc).limit(limits=limit, user_api="blas"):
-            yield
-        return
-    previous = [(set_, get()) for _, (get, set_) in _loaded_openblas()]
+    Nests, and overlaps across threads: the settings found by the first of the active
+    limits are restored exactly when the last one leaves (two checks running at once in
+    two threads must not leave BLAS at one thread); a limit that leaves before others puts
+    back the most recent of those still active."""
+    global _restore_original
+    token = [limit]  # a new list: told apart from equal limits by identity
+    with _active_lock:
+        restore = _apply(limit)
+        if not _active:
+            _restore_original = restore
+        _active.append(token)
     try:
-        for set_, _ in previous:
-            set_(limit)
         yield
     finally:
-        for set_, threads in previous:
-            set_(threads)
+        with _active_lock:
+            del _active[next(i for i, t in enumerate(_active) if t is token)]
+            if _active:
+                _apply(_active[-1][0])
+            else:
+                original, _restore_original = _restore_original, None
+                original()
 
 
 def blas_thread_info() -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..parameters import ParameterLayout
-from .base import Evaluator, Workspace
+from .base import Evaluator, Workspace, as_scalar
 
 
 class PythonEvaluator(Evaluator):
@@ -36,6 +36,8 @@ class PythonEvaluator(Evaluator):
 
     def evaluate_chunk(self, workspace: Workspace, coords, values, out, start, stop) -> None:
         loss, args, flat, view = self.loss, self.args, workspace.flat, workspace.view
+        fresh = isinstance(view, dict)  # see Evaluator.argument
+        complex_ok = out.dtype.kind == "c"
         cursor = workspace.cursor
         for j in range(start, stop):
             cursor[0] = j
@@ -45,6 +47,11 @@ class PythonEvaluator(Evaluator):
                 for q in range(values.shape[1]):
                     cursor[1] = q
                     flat[i] = values[j, q]
-                    out[j, q] = loss(view, *args)
+                    value = loss(dict(view) if fresh else view, *args)
+                    # float (np.float64 too) goes straight in; a bool or a string would be
+                    # converted silently by the assignment
+                    if not isinstance(value, float):
+                        value = as_scalar(value, complex_ok=complex_ok, finite=False)
+                    out[j, q] = value
             finally:
                 flat[i] = saved

@@ -34,11 +34,19 @@ class InputModified(Exception):
         self.index = index
 
 
+class ProgressFailed(Exception):
+    """The progress callback raised ``error``: the check stops, as for a failing loss."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(error)
+        self.error = error
+
+
 @dataclass
 class ChunkFailure:
     """What went wrong in a chunk: the row and point being evaluated, and the exception."""
 
-    row: int  # -1 when not tied to a row (InputModified)
+    row: int  # -1 when not tied to a row (InputModified, ProgressFailed, fastgrad's own)
     point: int  # index into the row's values
     error: BaseException | None  # None: the loss returned a non-finite value
 
@@ -68,7 +76,12 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
     failures: list[ChunkFailure] = []
     report_lock = threading.Lock()
 
-    def work() -> None:
+    def record(failure: ChunkFailure) -> None:
+        with report_lock:
+            failures.append(failure)
+        stop.set()
+
+    def evaluate_chunks() -> None:
         workspace = evaluator.workspace()
         while not stop.is_set():
             index = next(next_chunk)
@@ -85,18 +98,28 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
             else:
                 failure = _first_non_finite(out, start, end)
             if failure is not None:
-                with report_lock:
-                    failures.append(failure)
-                stop.set()
+                record(failure)
                 return
             if progress is not None:
-                with report_lock:
-                    progress(end - start, (end - start) * values.shape[1])
+                try:
+                    with report_lock:
+                        progress(end - start, (end - start) * values.shape[1])
+                except BaseException as error:
+                    record(ChunkFailure(-1, 0, ProgressFailed(error)))
+                    return
         changed = np.flatnonzero(workspace.flat != evaluator.theta)
         if changed.size:
-            with report_lock:
-                failures.append(ChunkFailure(-1, 0, InputModified(int(changed[0]))))
-            stop.set()
+            record(ChunkFailure(-1, 0, InputModified(int(changed[0]))))
+
+    def work() -> None:
+        """Any failure in a worker, the evaluator's or fastgrad's own, stops the run and is
+        handed to the caller: no verdict is ever made over rows left unevaluated."""
+        try:
+            evaluate_chunks()
+        except BaseException as error:
+            if workers <= 1 and not isinstance(error, Exception):
+                raise
+            record(ChunkFailure(-1, 0, error))
 
     if workers <= 1:
         work()

@@ -1,0 +1,206 @@
+"""Every option of every entry point, checked once, before any evaluation.
+
+Each function takes what the user passed and returns it in the form the pipeline uses, or
+raises :class:`~fastgrad.errors.InputError` saying what was wrong and what would do.  Integer
+options never accept a bool (``True`` is an ``int`` in Python, and ``every=True`` is a slip).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+from .errors import InputError
+
+
+def is_integer(value) -> bool:
+    """An int or NumPy integer, and not a bool."""
+    return isinstance(value, (Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def positive_int(name: str, value, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (1: a positive integer; 0: non-negative)."""
+    if not is_integer(value) or value < minimum:
+        kind = "a positive" if minimum == 1 else f"an integer >= {minimum}:"
+        raise InputError(f"{name} must be {kind} integer, got {value!r}")
+    return int(value)
+
+
+def optional_positive_int(name: str, value, *, minimum: int = 1) -> int | None:
+    return None if value is None else positive_int(name, value, minimum=minimum)
+
+
+def seed(value) -> int | None:
+    """None (fresh entropy) or a non-negative integer."""
+    if value is None:
+        return None
+    if not is_integer(value) or value < 0:
+        raise InputError(f"seed must be None or a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def dtype(value) -> np.dtype | None:
+    """None (theta's own precision), or float32/float64 in any spelling NumPy accepts."""
+    if value is None:
+        return None
+    try:
+        resolved = np.dtype(value)
+    except (TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise InputError(f"dtype must be None, 'float32' or 'float64', got {value!r}")
+    return resolved
+
+
+def args(value) -> tuple:
+    """The extra positional arguments, as a tuple (a list is accepted)."""
+    if isinstance(value, tuple):
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    hint = ""
+    if isinstance(value, np.ndarray) or not isinstance(value, (str, bytes, Mapping)):
+        hint = "; for a single argument write args=(x,), with the trailing comma"
+    raise InputError(f"args must be a tuple of extra loss arguments, got "
+                     f"{type(value).__name__}{hint}")
+
+
+def kwargs(value) -> dict:
+    """The keyword arguments of loss and grad, as a dict with string keys."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InputError(f"kwargs must be a dict of keyword arguments with string keys, got "
+                         f"{type(value).__name__}")
+    return dict(value)
+
+
+def progress(value) -> Callable[[int, int], None] | bool | None:
+    """None or False (no progress), True (a bar on stderr), or ``callable(coordinates, evaluations)``."""
+    if value is None or value is False:
+        return None
+    if value is True or callable(value):
+        return value
+    raise InputError(f"progress must be True, False, None or a callable "
+                     f"progress(coordinates, evaluations), got {value!r}")
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def sample(value):
+    """None, a positive int, a fraction in (0, 1], or a 1-D sequence of flat indices."""
+    if value is None or isinstance(value, (np.ndarray, list, tuple)):
+        return value  # indices are checked against theta's size by the sampler
+    if is_integer(value):
+        return positive_int("sample", value)
+    if isinstance(value, Real) and not isinstance(value, (bool, np.bool_)) \
+            and 0.0 < float(value) <= 1.0:
+        return float(value)
+    raise InputError(f"sample must be a positive int, a fraction in (0, 1] or an array of "
+                     f"flat indices, got {value!r}")
+
+
+def detect(value) -> tuple[float, float] | None:
+    """None or a pair (p, alpha) with 0 < p <= 1 and 0 < alpha < 1."""
+    if value is None:
+        return None
+    try:
+        fraction, alpha = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"detect must be a pair (p, alpha), got {value!r}") from None
+    if not (0.0 < fraction <= 1.0 and 0.0 < alpha < 1.0):
+        raise InputError(f"detect=(p, alpha) needs 0 < p <= 1 and 0 < alpha < 1, got {value!r}")
+    return fraction, alpha
+
+
+def callable_of(name: str, value) -> Callable:
+    if not callable(value):
+        raise InputError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
+def bind_keywords(loss: Callable, grad, positional: tuple, keywords: dict, compiled: bool):
+    """(loss, grad, args) such that ``loss(theta, *args)`` is the user's
+    ``loss(theta, *positional, **keywords)``, and likewise a callable grad.
+
+    A Python loss and a callable grad are wrapped; a compiled (Numba) loss, which a chunk
+    kernel can only call positionally, gets the keywords in their positions of its signature.
+    """
+    if not keywords:
+        return loss, grad, positional
+    if callable(grad) and not isinstance(grad, (np.ndarray, Mapping)):
+        user_grad = grad
+
+        def grad(theta, *_):
+            return user_grad(theta, *positional, **keywords)
+    if compiled:
+        return loss, grad, _in_positions(loss, positional, keywords)
+    user_loss = loss
+
+    def loss(theta, *_):
+        return user_loss(theta, *positional, **keywords)
+    return loss, grad, positional
+
+
+def _in_positions(function: Callable, positional: tuple, keywords: dict) -> tuple:
+    """A compiled function's extra arguments with ``keywords`` placed by its signature."""
+    signature = inspect.signature(function.py_func)
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in signature.parameters.values()):
+        raise InputError("kwargs= cannot be given to a compiled loss with *args or **kwargs: "
+                         "pass them in args")
+    try:
+        bound = signature.bind(None, *positional, **keywords)
+    except TypeError as error:
+        raise InputError(f"kwargs do not fit the compiled loss's signature: {error}") from None
+    bound.apply_defaults()
+    return tuple(bound.args[1:])
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """The options of a check, validated and in the form the pipeline uses."""
+
+    args: tuple
+    kwargs: dict
+    method: str
+    eps: float | None
+    dtype: np.dtype | None
+    workers: int | None
+    engine: str
+    sample: object
+    detect: tuple[float, float] | None
+    directions: int
+    seed: int | None
+    progress: Callable[[int, int], None] | bool | None
+
+
+def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dtype=None,
+                  workers=None, engine="auto", sample=None, detect=None, directions=None,
+                  seed=None, progress=None, directions_minimum: int = 1) -> CheckOptions:
+    """Every option of :func:`fastgrad.check` (and of the entry points built on it), checked
+    before any work; ``directions`` None becomes 0 (none)."""
+    from .derivatives import check_method
+    from .engine import ENGINES
+    from .plan import check_eps
+
+    callable_of("loss", loss)
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if sample is not None and detect is not None:
+        raise InputError("give sample= or detect=, not both")
+    return CheckOptions(
+        args=globals()["args"](args), kwargs=globals()["kwargs"](kwargs),
+        method=check_method(method), eps=None if eps is None else check_eps(eps),
+        dtype=globals()["dtype"](dtype), workers=optional_positive_int("workers", workers),
+        engine=engine, sample=globals()["sample"](sample), detect=globals()["detect"](detect),
+        directions=optional_positive_int("directions", directions,
+                                         minimum=directions_minimum) or 0,
+        seed=globals()["seed"](seed), progress=globals()["progress"](progress))
