@@ -29,7 +29,7 @@ from .engine import Engine, make_engine
 from .errors import InputError, LossError
 from .noise import estimate_noise, estimate_noise_on, random_direction
 from .parameters import ParameterLayout
-from .plan import Plan, check_eps, directional_relative_step
+from .plan import Plan, check_eps, directional_relative_step, require_representable_steps
 from .report import Report, build_report
 from .sampling import (
     DIRECTIONS_STREAM,
@@ -149,6 +149,9 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     if sampled:
         coverage = sample_coordinates(layout, sample=sample, detect=detect,
                                       seed=stream(entropy, SAMPLE_STREAM) if drawn else None)
+    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
+    require_representable_steps(theta_flat, max(relative_step, directional_relative_step(
+        layout.dtype)) if directions else relative_step, layout.label)
     analytic, analytic_eps = _analytic_gradient(grad, theta_flat, layout, args)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     run.progress = progress
@@ -158,7 +161,6 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
         and coverage.coords.size + NOISE_OTHERS < theta_flat.size // 4
     noise = _noise_estimate(run, theta_flat, coverage.coords if sparse else None)
     require_same(f0, noise.f0, layout.dtype, "twice in a row")
-    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     if coverage is not None:
         coords = coverage.coords
     elif directions:

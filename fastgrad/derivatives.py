@@ -103,7 +103,8 @@ def central(losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
 
 def analytic_allowance(context: Context, analytic: np.ndarray, multiplier: float) -> np.ndarray:
     """a = z·u_g·(|g_i| + max|g|): the analytic gradient is itself rounded in its dtype."""
-    return multiplier * context.analytic_eps * (np.abs(analytic) + context.analytic_scale)
+    unit = multiplier * context.analytic_eps  # times each term: |g| + max|g| may overflow
+    return unit * np.abs(analytic) + unit * context.analytic_scale
 
 
 def coordinate_derivatives(context: Context, plan: Plan, method: str) -> CoordinateChecks:
@@ -205,14 +206,15 @@ def _not_smooth(context: Context, f_plus, f_plus2, f_minus, f_minus2, step, mult
     S(a) = f(θ+a) − 2f(θ) + f(θ−a): see :func:`_kinks`."""
     f0 = context.f0
     sigma = analysis.evaluation_noise(context.noise_references, f_plus, f_minus, context.dtype)
-    near = f_plus - 2.0 * f0 + f_minus
-    far = f_plus2 - 2.0 * f0 + f_minus2
+    near = (f_plus - f0) + (f_minus - f0)  # S(h) without 2f(θ), which overflows near 1e308
+    far = (f_plus2 - f0) + (f_minus2 - f0)
     return np.abs(far / (2.0 * step) - 2.0 * near / step) > multiplier * 5.05 * sigma / step
 
 
 def one_sided(f0, f_near, f_far, offset):
-    """D = (−f(θ+2a) + 4·f(θ+a) − 3·f(θ)) / 2a, second order, on one side (a signed)."""
-    return (-f_far + 4.0 * f_near - 3.0 * f0) / (2.0 * offset)
+    """D = (−f(θ+2a) + 4·f(θ+a) − 3·f(θ)) / 2a = (4·(f(θ+a) − f(θ)) − (f(θ+2a) − f(θ))) / 2a,
+    second order, on one side (a signed); in differences, which do not overflow."""
+    return (4.0 * (f_near - f0) - (f_far - f0)) / (2.0 * offset)
 
 
 def _kinks(context: Context, rows, g, plus, minus, numerical, error, kink, unresolved,

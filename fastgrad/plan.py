@@ -76,6 +76,32 @@ class Plan:
         return values.astype(np.float64) - theta[self.coords].astype(np.float64)[:, None]
 
 
+#: How far from θ a check reaches, in relative steps: central4's second step is 4h, and a
+#: directional test moves θ_i by z·2h·max(1, |θ_i|), |z| < 8 for any Gaussian draw in practice.
+REACH = 16.0
+
+
+def require_representable_steps(theta: np.ndarray, relative_step: float, label) -> None:
+    """InputError, naming the first such coordinate ``label(i)``, when θ_i ± REACH·h_i
+    (h_i = relative_step·max(1, |θ_i|)) is beyond the largest value of θ's dtype.
+
+    Such a step would give an infinite point: the loss would be blamed for a non-finite
+    value that the step made.  Checked before any evaluation.
+    """
+    largest = float(np.finfo(theta.dtype).max)
+    magnitude = np.abs(theta.astype(np.float64, copy=False))
+    beyond = np.flatnonzero(magnitude > largest / (1.0 + REACH * relative_step))
+    if beyond.size:
+        i = int(beyond[0])
+        limit = largest / (1.0 + REACH * relative_step)
+        raise InputError(
+            f"{label(i)} = {float(theta[i]):.6e} is too close to the largest {theta.dtype} "
+            f"({largest:.6e}) for finite-difference steps of relative size {relative_step:.2e}: "
+            f"the perturbed values would overflow; scale the parameter so that |{label(i)}| "
+            f"<= {limit:.6e}"
+        )
+
+
 def check_eps(eps) -> float:
     try:
         value = float(eps)
