@@ -203,7 +203,7 @@ def _gp_models() -> list[HardModel]:
     generic = np.log([0.8, 1.5, 1.2, 0.05])
     optimum = gp_optimum(X, y, generic)
     ill = np.log([30.0, 30.0, 1.0, 1e-10])
-    multiplicative = issue_bugs(hyper=2, off=0, swap=(0, 1), hyper_name="log signal variance")
+    multiplicative = issue_bugs(hyper=2, off=3, swap=(0, 1), hyper_name="log signal variance")
     at_optimum = (
         _term_bug("trace term x2 (the 1/2 dropped)", 1.0, 2.0),
         _term_bug("data-fit term sign flipped", -1.0, 1.0),
