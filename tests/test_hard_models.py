@@ -16,7 +16,10 @@ What is tested, and how each test can fail:
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +163,30 @@ def test_planted_bug_fails(name, bug, sample):
     report = fastgrad.check(model.loss, model.buggy(planted), model.theta, model.args,
                             sample=sample, seed=0)
     assert report.verdict == "fail", str(report)
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def _benchmark():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hard_points.py"
+    spec = importlib.util.spec_from_file_location("hard_points", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_peers_and_table(capsys):
+    """The peers' bands (≤ 1e-7 pass, > 1e-3 fail) on the generic GP, whose correct gradient
+    both pass and whose ×2 both fail; and one table row per gradient, one summary per method."""
+    bench = _benchmark()
+    assert [bench.banded(e) for e in (1e-7, 2e-7, 1e-3, 1.1e-3)] == ["pass", "warn", "warn", "fail"]
+    assert bench.banded_ratio(0.0, 0.0) == ("pass", 0.0) and bench.banded_ratio(1.0, 0.0)[0] == "fail"
+    model = MODELS["gp_generic"]
+    doubled = model.buggy(model.bugs[0])
+    assert bench.seed_verdict(model, model.grad)[0] == bench.scipy_verdict(model, model.grad)[0] == "pass"
+    assert bench.seed_verdict(model, doubled)[0] == bench.scipy_verdict(model, doubled)[0] == "fail"
+    bench.main(["--markdown"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(MODELS) + len(BUGS) + 1 + len(bench.METHODS)
