@@ -182,7 +182,7 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     evaluations = run.evaluations + (context.complex_run.evaluations if context.complex_run else 0)
     return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,
                         method=method, seed=entropy, evaluations=evaluations,
-                        seconds=time.perf_counter() - started)
+                        seconds=time.perf_counter() - started, notes=context.noise_notes())
 
 
 def assert_gradient(loss: Callable, grad, theta, args=(), **options) -> Report:
@@ -357,7 +357,9 @@ def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
     point = (move + theta).astype(theta.dtype, copy=False)  # float64 sums, rounded to θ's
     f1 = run.at(point, where, fresh=True)
     f0 = noise.f0
-    if not (f0 == 0.0 or np.sign(f1) == np.sign(f0)) or abs(f1) <= DISPLACED_GROWTH * abs(f0):
+    noisy = noise.sigma > math.sqrt(float(np.finfo(theta.dtype).eps)) * abs(f0)  # not rounding
+    if not noisy and (not (f0 == 0.0 or np.sign(f1) == np.sign(f0))
+                      or abs(f1) <= DISPLACED_GROWTH * abs(f0)):
         return None
     displaced = estimate_noise(lambda q: run.at(q, where, fresh=True), point, rng=NOISE_SEED + 2)
     return displaced.sigma, displaced.f0

@@ -76,12 +76,34 @@ class Context:
     analytic_eps: float  # machine epsilon of the analytic gradient's dtype
     analytic_scale: float  # max |g| over all coordinates
     complex_run: Engine | None = None  # evaluates at complex θ (method "complex")
-    displaced: tuple[float, float] | None = None  # (σ, f) one step from θ, near a zero of f
+    displaced: tuple[float, float] | None = None  # (σ, f) one step from θ (near a zero of f,
+    # or where σ at θ is far above rounding)
+
+    @property
+    def theta_outlier(self) -> bool:
+        """f(θ) is off the loss around it: σ at θ exceeds σ₁ one step away by more than
+        NOISE_ESTIMATE_FACTOR² (each estimate is good to a factor F), so the stencil through θ
+        measured a jump or a spike at θ, not noise: a branch taken only at θ, a dip narrower
+        than any step.  The central differences never evaluate θ, and their noise is σ₁."""
+        if self.displaced is None:
+            return False
+        return self.sigma > analysis.NOISE_ESTIMATE_FACTOR ** 2 * self.displaced[0]
 
     @property
     def noise_references(self) -> tuple[tuple[float, float], ...]:
         """(σ, f) where the noise was measured: see :func:`analysis.evaluation_noise`."""
+        if self.theta_outlier:
+            return (self.displaced,)
         return ((self.sigma, self.f0),) + ((self.displaced,) if self.displaced else ())
+
+    def noise_notes(self) -> list[str]:
+        """What the report says about where the noise was measured."""
+        if not self.theta_outlier:
+            return []
+        return [f"f(theta) is off the loss around it (a jump or a spike exactly at theta): the noise "
+                f"measured through theta ({self.sigma:.2e}) is that jump; the differences, which "
+                f"never evaluate theta, are judged with the noise one step away "
+                f"({self.displaced[0]:.2e})"]
 
 
 def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):

@@ -11,6 +11,7 @@ import numpy as np
 from . import analysis
 from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
 from .directions import DirectionResult
+from .noise import STEP_TOO_SMALL
 from .parameters import ParameterLayout, format_label
 from .sampling import Coverage
 
@@ -295,10 +296,25 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
     return results
 
 
+def locally_constant(noise, numerical, analytic) -> bool:
+    """Every difference the check took is exactly 0 and so is the gradient: the noise estimate
+    ended with ECnoise's code 2 (its values equal at every step tried, √u up to 1e-2 relative)
+    and every D_i = g_i = 0.  Nothing here is rounding: the loss is constant near θ."""
+    return (not noise.detected and noise.code == STEP_TOO_SMALL and numerical.size > 0
+            and not np.any(numerical) and not np.any(analytic))
+
+
+def zero_within_error(analytic, error) -> bool:
+    """|g_i| ≤ z·r_i + t_i for every checked coordinate: the gradient is 0 within the error of
+    each difference, θ is a stationary point as far as the check can tell, and the relative
+    error ‖D − g‖/(‖D‖ + ‖g‖), a ratio of two rounding errors there, says nothing."""
+    return analytic.size > 0 and bool(np.all(np.abs(analytic) <= error))
+
+
 def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.ndarray, noise,
                  run, directional, coverage, *, method: str, seed, evaluations: int,
-                 seconds: float) -> Report:
-    """Judge the checks and assemble the report."""
+                 seconds: float, notes: list[str] = ()) -> Report:
+    """Judge the checks and assemble the report (``notes``: the analysis's own, first)."""
     coords = plan.coords
     numerical, error, kink = coordinates.numerical, coordinates.error, coordinates.kink
     unresolved = coordinates.unresolved
@@ -320,13 +336,26 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
     else:
         relative = analysis.relative_error(np.array([d.numerical for d in directions]),
                                            np.array([d.analytic for d in directions]))
-    notes = []
-    if not noise.detected:
+    notes = list(notes)
+    flat = locally_constant(noise, numerical, analytic)
+    stationary = zero_within_error(analytic, error) and not flat
+    if flat:
+        notes.append("the loss is flat here: every finite difference, and every difference of the "
+                     "noise estimate at steps up to 1e-2, is exactly 0, as is the gradient; a gradient "
+                     "that is 0 here by mistake cannot be told from the right one: check at a "
+                     "point where the loss varies too")
+    elif not noise.detected:
         notes.append("the loss's rounding noise could not be measured; a bound was used instead")
+    if stationary and relative > analysis.WRONG_ABOVE:
+        notes.append("theta is a stationary point: the gradient is 0 within each coordinate's error "
+                     "bound (so the relative error means nothing); there, a gradient wrong by a "
+                     "factor or a sign cannot be told from the right one: check at a nearby point "
+                     "too (jitter=)")
+    inconclusive = relative > analysis.WRONG_ABOVE and not stationary
     unconfirmed = directional is not None and directional.unconfirmed
     if failed or (directional is not None and directional.failed and not unconfirmed):
         verdict = "fail"
-    elif relative > analysis.WRONG_ABOVE or not noise.detected or unresolved.any() or unconfirmed:
+    elif inconclusive or not (noise.detected or flat) or unresolved.any() or unconfirmed:
         verdict = "warn"
         if unconfirmed:
             notes.append(
@@ -341,7 +370,7 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
                 "agree with a one-sided derivative, and no kink could be resolved: a small kink "
                 "(ReLU, abs) or a gradient error at the level of the noise; look closer"
             )
-        if relative > analysis.WRONG_ABOVE:
+        if inconclusive:
             notes.append(
                 "the finite differences are too inaccurate here (rounding noise, or truncation "
                 "at this step) to confirm this gradient: the relative error is above 1e-3 "
