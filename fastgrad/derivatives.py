@@ -61,6 +61,7 @@ class CoordinateChecks:
     refined: np.ndarray  # rows evaluated at a second step
     kink: np.ndarray  # bool: a kink explains the central difference's disagreement
     unresolved: np.ndarray  # bool: a one-sided value agrees, but no kink is resolved
+    rough: np.ndarray | None = None  # bool: not smooth at any usable step (also unresolved)
 
 
 @dataclass
@@ -139,14 +140,55 @@ def coordinate_derivatives(context: Context, plan: Plan, method: str) -> Coordin
     near, near_taken = stencil(context.run, plan, context.theta, analysis_offsets(method))
     numerical, rounding_std = _first_pass(context, method, near, near_taken)
     error = multiplier * rounding_std + allowance
+    rough = _rough(context, plan, near, multiplier) if context.theta_outlier else None
+    unresolved = np.zeros(len(plan), dtype=bool) if rough is None else rough.copy()
+    if rough is not None:  # nothing to confirm, nothing to blame: a warning, never a failure
+        error[rough] = np.maximum(error[rough], np.abs(numerical[rough] - analytic[rough]))
     refined = np.flatnonzero(np.abs(numerical - analytic) > error)
     kink = np.zeros(len(plan), dtype=bool)
-    unresolved = np.zeros(len(plan), dtype=bool)
     if refined.size:
         _refine(context, plan.subset(refined), method, refined, analytic[refined], near[refined],
                 near_taken[refined], numerical, rounding_std, error, (kink, unresolved),
                 multiplier, allowance[refined])
-    return CoordinateChecks(numerical, error, refined, kink, unresolved)
+    return CoordinateChecks(numerical, error, refined, kink, unresolved, rough)
+
+
+#: The smallest step of the convergence test at an outlying f(θ), in units of u·max(1, |θ_i|):
+#: 64 ulps of max(1, |θ_i|), a step that still moves θ_i by a well-represented amount.
+SMALLEST_STEP_ULPS = 64.0
+
+
+def _rough(context: Context, plan: Plan, near: np.ndarray, multiplier: float) -> np.ndarray:
+    """Which coordinates are not smooth at any usable step, when f(θ) is off the loss around
+    it (:attr:`Context.theta_outlier`).
+
+    Convergence test of T(a) = (f(θ+a) − f(θ)) + (f(θ−a) − f(θ)) at a = h, m = √(h·s) and
+    s = SMALLEST_STEP_ULPS·u·max(1, |θ_i|).  A loss smooth on either side of θ, whatever its
+    value at θ (a jump, a branch taken only at θ), has T(a) = 2J + f''·a² + noise, so
+    |T(m) − T(s)| ≤ |f''|·m² + noise, and |f''|·m² ≤ |T(h) − T(m)|·m²/(h² − m²) ≪ |T(h) − T(m)|
+    (m/h = √(s/h) ≈ 5e-5): the coordinate is *rough* when
+
+        |T(m) − T(s)| > z·2σ + |T(h) − T(m)|
+
+    (2σ: the standard deviation of the four values' noise).  A spike or dip wider than s but
+    narrower than m does that; the central differences at h, which straddle it, say nothing of
+    f'(θ) then, and the coordinate is left unresolved (warn).  Costs 4 evaluations a coordinate.
+    """
+    ratio = SMALLEST_STEP_ULPS * float(np.finfo(context.dtype).eps) / plan.relative_step
+    ratio = min(ratio, 1.0)
+    small, _ = stencil(context.run, plan, context.theta,
+                       (np.sqrt(ratio), -np.sqrt(ratio), ratio, -ratio))
+    f0 = context.f0
+
+    def twice_jump(plus, minus):
+        return (plus - f0) + (minus - f0)
+
+    at_step = twice_jump(near[:, 0], near[:, 1])
+    at_middle = twice_jump(small[:, 0], small[:, 1])
+    at_smallest = twice_jump(small[:, 2], small[:, 3])
+    noise = analysis.evaluation_noise(context.noise_references, small[:, 0], small[:, 1],
+                                      context.dtype)
+    return np.abs(at_middle - at_smallest) > multiplier * 2.0 * noise + np.abs(at_step - at_middle)
 
 
 def analysis_offsets(method: str) -> tuple[float, ...]:
@@ -234,8 +276,9 @@ def _not_smooth(context: Context, f_plus, f_plus2, f_minus, f_minus2, step, mult
 
 
 def one_sided(f0, f_near, f_far, offset):
-    """D = (−f(θ+2a) + 4·f(θ+a) − 3·f(θ)) / 2a = (4·(f(θ+a) − f(θ)) − (f(θ+2a) − f(θ))) / 2a,
-    second order, on one side (a signed); in differences, which do not overflow."""
+    """D = (−f(θ+2a) + 4·f(θ+a) − 3·f(θ)) / 2a
+    = (4·(f(θ+a) − f(θ)) − (f(θ+2a) − f(θ))) / 2a, second order, on one side (a signed);
+    in differences, which do not overflow."""
     return (4.0 * (f_near - f0) - (f_far - f0)) / (2.0 * offset)
 
 

@@ -351,6 +351,14 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
                      "bound (so the relative error means nothing); there, a gradient wrong by a "
                      "factor or a sign cannot be told from the right one: check at a nearby point "
                      "too (jitter=)")
+    rough = coordinates.rough
+    if rough is not None and rough.any():
+        names = ", ".join(layout.label(int(c)) for c in plan.coords[rough][:3])
+        notes.append(f"the loss is not smooth at the step scale near {names}"
+                     f"{' and others' if rough.sum() > 3 else ''}: f(theta) is off the loss around "
+                     "it and its differences do not converge as the step shrinks (a spike "
+                     "narrower than the step), so finite differences cannot confirm any "
+                     "derivative there")
     inconclusive = relative > analysis.WRONG_ABOVE and not stationary
     unconfirmed = directional is not None and directional.unconfirmed
     if failed or (directional is not None and directional.failed and not unconfirmed):
@@ -364,9 +372,12 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
                 "truncation estimate out of range; look closer with a coordinate check "
                 "(sample= or a full check)"
             )
-        if unresolved.any():
+        one_sided = unresolved.copy()
+        if rough is not None:
+            one_sided[:rough.size] &= ~rough
+        if one_sided.any():
             notes.append(
-                f"{int(unresolved.sum())} coordinate(s) disagree with the central difference but "
+                f"{int(one_sided.sum())} coordinate(s) disagree with the central difference but "
                 "agree with a one-sided derivative, and no kink could be resolved: a small kink "
                 "(ReLU, abs) or a gradient error at the level of the noise; look closer"
             )
