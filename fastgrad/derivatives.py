@@ -62,6 +62,7 @@ class CoordinateChecks:
     kink: np.ndarray  # bool: a kink explains the central difference's disagreement
     unresolved: np.ndarray  # bool: a one-sided value agrees, but no kink is resolved
     rough: np.ndarray | None = None  # bool: not smooth at any usable step (also unresolved)
+    steps: np.ndarray | None = None  # step judged at, where moved to a balanced one (else 0)
 
 
 @dataclass
@@ -150,7 +151,58 @@ def coordinate_derivatives(context: Context, plan: Plan, method: str) -> Coordin
         _refine(context, plan.subset(refined), method, refined, analytic[refined], near[refined],
                 near_taken[refined], numerical, rounding_std, error, (kink, unresolved),
                 multiplier, allowance[refined])
-    return CoordinateChecks(numerical, error, refined, kink, unresolved, rough)
+    checks = CoordinateChecks(numerical, error, refined, kink, unresolved, rough)
+    if method == "central" and noise_far_above_rounding(context):
+        _rebalance(context, plan, analytic, checks, multiplier, allowance)
+    return checks
+
+
+#: The ladder of steps h·2^j, j = 1..LADDER_LEVELS, searched for the balanced step.
+LADDER_LEVELS = 16
+
+
+def noise_far_above_rounding(context: Context) -> bool:
+    """σ > √u·|f(θ)|: more than rounding can do (the determinism test's bound, see
+    :func:`fastgrad.api.require_same`): cancellation in an ill-conditioned computation."""
+    return context.sigma > np.sqrt(float(np.finfo(context.dtype).eps)) * abs(context.f0)
+
+
+def _rebalance(context: Context, plan: Plan, analytic, checks: CoordinateChecks, multiplier: float,
+               allowance) -> None:
+    """Coordinates left unresolved by a noise σ far above rounding, judged at the step that
+    balances the noise against the truncation (in place; ``checks.steps`` records it).
+
+    Unresolved: allowed error > WRONG_ABOVE·max(|D|, |g|), i.e. the check cannot tell this
+    coordinate's derivative to the seed's 1e-3.  Along the ladder h_j = h·2^j the Richardson
+    value R_j = (4·D(h_j) − D(h_{j+1}))/3 has rounding r_j ∝ σ/h_j and truncation
+    t_j ≈ |f⁽³⁾|·h_j²/2, estimated by max(|D_j − R_j|, |D_{j+1} − R_{j+1}|/4) (D's truncation
+    grows like h²: two estimates of it, the larger kept); the total z·r_j + t_j is smallest
+    at the balanced h* ∝ (σ/|f⁽³⁾|)^(1/3), the level judged.  Costs 2·(LADDER_LEVELS + 1)
+    evaluations a coordinate, only where σ > √u·|f|.
+    """
+    numerical, error = checks.numerical, checks.error
+    scale = np.maximum(np.abs(numerical), np.abs(analytic))
+    settled = checks.kink | checks.unresolved
+    rows = np.flatnonzero((error > analysis.WRONG_ABOVE * scale) & ~settled)
+    if rows.size == 0:
+        return
+    subset = plan.subset(rows)
+    offsets = [sign * 2.0 ** j for j in range(LADDER_LEVELS + 1) for sign in (1.0, -1.0)]
+    losses, taken = stencil(context.run, subset, context.theta, offsets)
+    pairs = [slice(2 * j, 2 * j + 2) for j in range(LADDER_LEVELS + 1)]
+    d = np.stack([central(losses[:, pair], taken[:, pair]) for pair in pairs], axis=1)
+    r = np.stack([rounding(context, losses[:, pair], taken[:, pair]) for pair in pairs], axis=1)
+    values = analysis.richardson(d[:, :-1], d[:, 1:])
+    estimate = np.abs(d[:, :-1] - values)
+    next_estimate = np.concatenate([estimate[:, 1:], estimate[:, -1:] * 4.0], axis=1)
+    truncation = np.maximum(estimate, next_estimate / 4.0)
+    totals = multiplier * analysis.richardson_rounding_std(r[:, :-1], r[:, 1:]) + truncation
+    best = np.argmin(totals, axis=1)
+    pick = np.arange(rows.size)
+    numerical[rows] = values[pick, best]
+    error[rows] = totals[pick, best] + allowance[rows]
+    checks.steps = np.zeros(len(plan))
+    checks.steps[rows] = subset.steps * 2.0 ** best
 
 
 #: The smallest step of the convergence test at an outlying f(θ), in units of u·max(1, |θ_i|):
@@ -165,8 +217,8 @@ def _rough(context: Context, plan: Plan, near: np.ndarray, multiplier: float) ->
     Convergence test of T(a) = (f(θ+a) − f(θ)) + (f(θ−a) − f(θ)) at a = h, m = √(h·s) and
     s = SMALLEST_STEP_ULPS·u·max(1, |θ_i|).  A loss smooth on either side of θ, whatever its
     value at θ (a jump, a branch taken only at θ), has T(a) = 2J + f''·a² + noise, so
-    |T(m) − T(s)| ≤ |f''|·m² + noise, and |f''|·m² ≤ |T(h) − T(m)|·m²/(h² − m²) ≪ |T(h) − T(m)|
-    (m/h = √(s/h) ≈ 5e-5): the coordinate is *rough* when
+    |T(m) − T(s)| ≤ |f''|·m² + noise, and |f''|·m² ≤ |T(h) − T(m)|·m²/(h² − m²), far below
+    |T(h) − T(m)| (m/h = √(s/h) ≈ 5e-5): the coordinate is *rough* when
 
         |T(m) − T(s)| > z·2σ + |T(h) − T(m)|
 

@@ -359,6 +359,16 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
                      "it and its differences do not converge as the step shrinks (a spike "
                      "narrower than the step), so finite differences cannot confirm any "
                      "derivative there")
+    moved = coordinates.steps
+    if moved is not None and moved.any():
+        rows = np.flatnonzero(moved)
+        steps = ", ".join(f"{layout.label(int(plan.coords[j]))} at h = {moved[j]:.2e}"
+                          for j in rows[:6])
+        notes.append(f"the loss's noise ({noise.sigma:.2e}) is far above rounding (sqrt(u)|f| = "
+                     f"{np.sqrt(np.finfo(layout.dtype).eps) * abs(noise.f0):.2e}): {rows.size} "
+                     f"coordinate(s) unresolved at the default step were judged at the step that "
+                     f"balances noise and truncation (Richardson value): {steps}"
+                     f"{', ...' if rows.size > 6 else ''}")
     inconclusive = relative > analysis.WRONG_ABOVE and not stationary
     unconfirmed = directional is not None and directional.unconfirmed
     if failed or (directional is not None and directional.failed and not unconfirmed):
