@@ -29,8 +29,14 @@ from .engine import Engine, make_engine
 from .errors import InputError, LossError
 from .noise import estimate_noise, estimate_noise_on, random_direction
 from .parameters import ParameterLayout
-from .plan import Plan, check_eps, directional_relative_step, require_representable_steps
-from .report import Report, build_report
+from .plan import (
+    Plan,
+    check_eps,
+    directional_relative_step,
+    jittered_theta,
+    require_representable_steps,
+)
+from .report import Report, build_report, with_jittered
 from .sampling import (
     DIRECTIONS_STREAM,
     SAMPLE_STREAM,
@@ -57,7 +63,7 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
           eps: float | None = None, dtype=None, workers: int | None = None,
           engine: str = "auto", sample=None, detect: tuple[float, float] | None = None,
           directions: int | None = None, seed=None,
-          progress: Callable[[int, int], None] | None = None) -> Report:
+          progress: Callable[[int, int], None] | None = None, jitter: float | None = None) -> Report:
     """Compare an analytic gradient with finite differences of the loss, coordinate by coordinate.
 
     Parameters
@@ -103,15 +109,25 @@ def check(loss: Callable, grad, theta, args=(), *, method: str = "central",
     progress : callable, optional
         ``progress(coordinates, evaluations)`` with the counts just finished, called from
         worker threads (see :class:`fastgrad.progress.ProgressBar`).
+    jitter : float, optional
+        Also check at a fixed nearby point, each θ_i moved by r/2 to r times max(1, |θ_i|)
+        (needs a callable grad); the report is the worse of the two, ``report.jittered`` the other.
 
     Returns
     -------
     Report
         ``report.passed``, ``report.verdict``, ``report.relative_error``; print it.
     """
-    return run_check(loss, grad, theta, args, method=method, eps=eps, dtype=dtype,
-                     workers=workers, engine=engine, sample=sample, detect=detect,
-                     directions=directions, seed=seed, progress=progress)
+    options = dict(method=method, eps=eps, dtype=dtype, workers=workers, engine=engine,
+                   sample=sample, detect=detect, directions=directions, seed=seed, progress=progress)
+    if jitter is None:
+        return run_check(loss, grad, theta, args, **options)
+    nearby = jittered_theta(theta, jitter, dtype)  # InputError before any evaluation
+    if not callable(grad) or isinstance(grad, (np.ndarray, Mapping)):
+        raise InputError("jitter= needs grad as a callable grad(theta, *args): the gradient is "
+                         "evaluated again at the nearby point")
+    report = run_check(loss, grad, theta, args, **options)
+    return with_jittered(report, run_check(loss, grad, nearby, args, **options), jitter)
 
 
 def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
@@ -180,7 +196,8 @@ def run_check(loss: Callable, grad, theta, args=(), *, method: str = "central",
                                    eps if directional_step is None else directional_step)
     require_same(f0, run.at(theta_flat), layout.dtype, "at the start and at the end of the check")
     evaluations = run.evaluations + (context.complex_run.evaluations if context.complex_run else 0)
-    return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,
+    return build_report(layout, plan, coordinates, analytic, context.judged_noise(noise), run,
+                        directional, coverage,
                         method=method, seed=entropy, evaluations=evaluations,
                         seconds=time.perf_counter() - started, notes=context.noise_notes())
 
@@ -342,7 +359,8 @@ def _noise_estimate(run, theta: np.ndarray, coords: np.ndarray | None):
 
 
 def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
-    """(σ₁, f₁) one step from θ, when θ sits near a zero of f; else None.
+    """The noise estimate one step from θ, when θ sits near a zero of f, or when σ at θ is
+    more than rounding can do (a jump at θ inflates it); else None.
 
     At an exact fit (least squares with no residual) f(θ) ≈ 0, and so is its noise, while
     one step away the residuals, and the rounding they carry, are of the step's size: the
@@ -362,7 +380,7 @@ def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
                       or abs(f1) <= DISPLACED_GROWTH * abs(f0)):
         return None
     displaced = estimate_noise(lambda q: run.at(q, where, fresh=True), point, rng=NOISE_SEED + 2)
-    return displaced.sigma, displaced.f0
+    return displaced
 
 
 def _directional(context: Context, layout: ParameterLayout, count: int,

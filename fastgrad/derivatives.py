@@ -23,6 +23,7 @@ import numpy as np
 from . import analysis
 from .engine import Engine
 from .errors import InputError
+from .noise import NoiseEstimate
 from .plan import Plan
 
 METHODS = ("central", "central4", "complex")
@@ -78,8 +79,8 @@ class Context:
     analytic_eps: float  # machine epsilon of the analytic gradient's dtype
     analytic_scale: float  # max |g| over all coordinates
     complex_run: Engine | None = None  # evaluates at complex θ (method "complex")
-    displaced: tuple[float, float] | None = None  # (σ, f) one step from θ (near a zero of f,
-    # or where σ at θ is far above rounding)
+    displaced: NoiseEstimate | None = None  # one step from θ (near a zero of f, or where σ
+    # at θ is far above rounding)
 
     @property
     def theta_outlier(self) -> bool:
@@ -89,14 +90,18 @@ class Context:
         than any step.  The central differences never evaluate θ, and their noise is σ₁."""
         if self.displaced is None:
             return False
-        return self.sigma > analysis.NOISE_ESTIMATE_FACTOR ** 2 * self.displaced[0]
+        return self.sigma > analysis.NOISE_ESTIMATE_FACTOR ** 2 * self.displaced.sigma
 
     @property
     def noise_references(self) -> tuple[tuple[float, float], ...]:
         """(σ, f) where the noise was measured: see :func:`analysis.evaluation_noise`."""
-        if self.theta_outlier:
-            return (self.displaced,)
-        return ((self.sigma, self.f0),) + ((self.displaced,) if self.displaced else ())
+        away = ((self.displaced.sigma, self.displaced.f0),) if self.displaced else ()
+        return away if self.theta_outlier else ((self.sigma, self.f0),) + away
+
+    def judged_noise(self, noise: NoiseEstimate) -> NoiseEstimate:
+        """The estimate the differences are judged with: ``noise`` (at θ), or the one a step
+        away when f(θ) is an outlier."""
+        return self.displaced if self.theta_outlier else noise
 
     def noise_notes(self) -> list[str]:
         """What the report says about where the noise was measured."""
@@ -105,7 +110,7 @@ class Context:
         return [f"f(theta) is off the loss around it (a jump or a spike exactly at theta): the noise "
                 f"measured through theta ({self.sigma:.2e}) is that jump; the differences, which "
                 f"never evaluate theta, are judged with the noise one step away "
-                f"({self.displaced[0]:.2e})"]
+                f"({self.displaced.sigma:.2e})"]
 
 
 def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):

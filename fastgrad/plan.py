@@ -102,6 +102,34 @@ def require_representable_steps(theta: np.ndarray, relative_step: float, label) 
         )
 
 
+#: Seed of the nearby point of ``jitter=``: the same point at every check of the same θ.
+JITTER_SEED = 20261205
+
+
+def jittered_theta(theta, distance, dtype=None):
+    """θ'_i = θ_i + r·max(1, |θ_i|)·s_i·w_i, s_i = ±1, w_i ~ U(1/2, 1), from a fixed seed, in
+    θ's structure: every coordinate moves by between r/2 and r relative, so that a stationary
+    point's zero gradient, which hides a factor or a sign, is left in every direction."""
+    from .parameters import ParameterLayout  # parameters imports nothing of plans
+
+    distance = check_jitter(distance)
+    layout, flat = ParameterLayout.from_theta(theta, dtype)
+    rng = np.random.default_rng(JITTER_SEED)
+    moves = rng.choice((-1.0, 1.0), flat.size) * rng.uniform(0.5, 1.0, flat.size)
+    moved = flat.astype(np.float64) + distance * np.maximum(1.0, np.abs(flat)) * moves
+    return layout.structured(moved.astype(flat.dtype))
+
+
+def check_jitter(distance) -> float:
+    try:
+        value = float(distance)
+    except (TypeError, ValueError):
+        raise InputError(f"jitter must be a relative distance in (0, 1], got {distance!r}") from None
+    if isinstance(distance, bool) or not (np.isfinite(value) and 0.0 < value <= 1.0):
+        raise InputError(f"jitter must be a relative distance in (0, 1], got {distance!r}")
+    return value
+
+
 def check_eps(eps) -> float:
     try:
         value = float(eps)

@@ -109,6 +109,7 @@ class Report:
     directions: list[DirectionResult] = field(default_factory=list)
     sensitivity: float | None = None  # single-coordinate error s_i·|δ| the directions catch
     localisation: dict | None = None  # what group testing found (labels), and its cost
+    jittered: Report | None = None  # the check at a nearby point (jitter=)
 
     @property
     def passed(self) -> bool:
@@ -152,7 +153,7 @@ class Report:
 
     def to_dict(self) -> dict:
         """Everything but the full gradients, in JSON-serialisable types."""
-        structured = ("details", "notes", "coverage", "directions", "localisation")
+        structured = ("details", "notes", "coverage", "directions", "localisation", "jittered")
         scalars = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in structured}
         return {
             **scalars,
@@ -165,6 +166,7 @@ class Report:
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "directions": [d.to_dict() for d in self.directions],
             "localisation": self.localisation,
+            "jittered": None if self.jittered is None else self.jittered.to_dict(),
         }
 
     def __str__(self) -> str:
@@ -294,6 +296,22 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
             status="fail" if score[row] > 1.0 else (str(marks[row]) or "ok"),
         ))
     return results
+
+
+VERDICT_ORDER = ("pass", "warn", "fail")
+
+
+def with_jittered(report: Report, nearby: Report, distance: float) -> Report:
+    """The report at θ, with the check at a nearby point attached (``report.jittered``) and
+    the worse verdict of the two: at a stationary point a factor or a sign in the gradient
+    shows only away from it."""
+    report.jittered = nearby
+    report.verdict = max(report.verdict, nearby.verdict, key=VERDICT_ORDER.index)
+    report.notes.append(f"checked again at a nearby point (every coordinate moved by a relative "
+                        f"{distance / 2:g} to {distance:g}, jitter={distance:g}): {nearby.verdict}, "
+                        f"relative error {nearby.relative_error:.3e}, {nearby.failed} coordinate(s) "
+                        f"disagree{f', worst {nearby.worst_label}' if nearby.failed else ''}")
+    return report
 
 
 def locally_constant(noise, numerical, analytic) -> bool:
