@@ -316,8 +316,8 @@ def with_jittered(report: Report, nearby: Report, distance: float) -> Report:
 
 def locally_constant(noise, numerical, analytic) -> bool:
     """Every difference the check took is exactly 0 and so is the gradient: the noise estimate
-    ended with ECnoise's code 2 (its values equal at every step tried, √u up to 1e-2 relative)
-    and every D_i = g_i = 0.  Nothing here is rounding: the loss is constant near θ."""
+    ended with ECnoise's code 2 (its values equal at every step tried, √u up to
+    100³·√u ≈ 1.5e-2 relative) and every D_i = g_i = 0.  Nothing here is rounding: the loss is constant near θ."""
     return (not noise.detected and noise.code == STEP_TOO_SMALL and numerical.size > 0
             and not np.any(numerical) and not np.any(analytic))
 
@@ -359,7 +359,7 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
     stationary = zero_within_error(analytic, error) and not flat
     if flat:
         notes.append("the loss is flat here: every finite difference, and every difference of the "
-                     "noise estimate at steps up to 1e-2, is exactly 0, as is the gradient; a gradient "
+                     "noise estimate at steps up to 1.5e-2, is exactly 0, as is the gradient; a gradient "
                      "that is 0 here by mistake cannot be told from the right one: check at a "
                      "point where the loss varies too")
     elif not noise.detected:
