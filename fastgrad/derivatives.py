@@ -22,7 +22,7 @@ import numpy as np
 
 from . import analysis
 from .engine import Engine
-from .errors import InputError
+from .errors import InputError, LossError
 from .noise import NoiseEstimate
 from .plan import Plan
 
@@ -192,9 +192,16 @@ def _rebalance(context: Context, plan: Plan, analytic, checks: CoordinateChecks,
     if rows.size == 0:
         return
     subset = plan.subset(rows)
-    offsets = [sign * 2.0 ** j for j in range(LADDER_LEVELS + 1) for sign in (1.0, -1.0)]
-    losses, taken = stencil(context.run, subset, context.theta, offsets)
-    pairs = [slice(2 * j, 2 * j + 2) for j in range(LADDER_LEVELS + 1)]
+    for levels in range(LADDER_LEVELS, 2, -3):  # shorter ladders where a long one leaves the
+        offsets = [sign * 2.0 ** j for j in range(levels + 1) for sign in (1.0, -1.0)]
+        try:                                    # loss's domain (a NaN, a raise)
+            losses, taken = stencil(context.run, subset, context.theta, offsets)
+            break
+        except LossError:
+            continue
+    else:
+        return  # no ladder the loss accepts: the coordinates stay as they were (warn)
+    pairs = [slice(2 * j, 2 * j + 2) for j in range(levels + 1)]
     d = np.stack([central(losses[:, pair], taken[:, pair]) for pair in pairs], axis=1)
     r = np.stack([rounding(context, losses[:, pair], taken[:, pair]) for pair in pairs], axis=1)
     values = analysis.richardson(d[:, :-1], d[:, 1:])

@@ -315,8 +315,8 @@ def with_jittered(report: Report, nearby: Report, distance: float) -> Report:
 
 
 def locally_constant(noise, numerical, analytic) -> bool:
-    """Every difference the check took is exactly 0 and so is the gradient: the noise estimate
-    ended with ECnoise's code 2 (its values equal at every step tried, √u up to
+    """Every difference the check took is exactly 0 and so is the gradient: the noise
+    estimate ended with ECnoise's code 2 (its values equal at every step tried, √u up to
     100³·√u ≈ 1.5e-2 relative) and every D_i = g_i = 0.  Nothing here is rounding: the loss is constant near θ."""
     return (not noise.detected and noise.code == STEP_TOO_SMALL and numerical.size > 0
             and not np.any(numerical) and not np.any(analytic))

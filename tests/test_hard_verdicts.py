@@ -138,3 +138,17 @@ def test_noisy_loss_is_judged_at_the_balanced_step():
         wrong = lambda t, f=factor: _cancelling_grad(t) * np.array([1.0, f, 1.0, 1.0])  # noqa: E731
         found = fg.check(_cancelling, wrong, THETA, engine="python")
         assert found.verdict == "fail" and found.worst_label == "theta[1]", str(found)
+
+
+def test_balanced_step_ladder_stays_in_the_loss_domain():
+    """The noisy loss, defined only for theta[0] > 0.2: the longest ladder (steps up to
+    0.4) leaves the domain (a LossError there), a shorter one is used, and a wrong
+    coordinate still fails."""
+    def loss(t):
+        return _cancelling(t) if t[0] > 0.2 else math.nan
+
+    report = fg.check(loss, _cancelling_grad, THETA, engine="python")
+    assert report.verdict == "pass", str(report)
+    wrong = fg.check(loss, lambda t: _cancelling_grad(t) * np.array([1.0, -1.0, 1.0, 1.0]),
+                     THETA, engine="python")
+    assert wrong.verdict == "fail" and wrong.worst_label == "theta[1]"
