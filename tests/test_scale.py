@@ -103,3 +103,17 @@ def test_step_that_would_overflow_is_an_input_error_naming_the_coordinate():
     assert calls == []
     theta["b"][1] = 1e307  # far enough: no error from the steps
     fg.check(loss, grad, theta, engine="python")
+
+
+@pytest.mark.parametrize("options", [{"method": "central4"}, {"method": "complex"},
+                                     {"directions": 4, "seed": 0}])
+@pytest.mark.parametrize("scale", SCALES[1:])
+def test_other_methods_give_the_same_verdicts_at_every_scale(scale, options):
+    x = np.linspace(0.1, 1.0, 20)
+    wrong = np.cos(x) * np.where(np.arange(20) == 3, 2.0, 1.0)
+    for g, expected in ((np.cos(x), "pass"), (wrong, "fail")):
+        report = fg.check(lambda t: scale * np.sum(np.sin(t)), scale * g, x, engine="python",
+                          **options)  # no float(): the complex step needs a generic loss
+        assert report.verdict == expected, str(report)
+        if expected == "fail":
+            assert report.worst_label == "theta[3]"
