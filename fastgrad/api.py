@@ -31,9 +31,15 @@ from .engine.compiled import is_compiled
 from .errors import GradientMismatch, InputError, LossError, describe
 from .noise import estimate_noise, estimate_noise_on, random_direction
 from .parameters import ParameterLayout
-from .plan import Plan, check_eps, directional_relative_step
+from .plan import (
+    Plan,
+    check_eps,
+    directional_relative_step,
+    jittered_theta,
+    require_representable_steps,
+)
 from .progress import ProgressBar
-from .report import Report, build_report
+from .report import Report, build_report, with_jittered
 from .sampling import (
     DIRECTIONS_STREAM,
     SAMPLE_STREAM,
@@ -60,7 +66,8 @@ def check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None
           method: str = "central", eps: float | None = None, dtype=None,
           workers: int | None = None, engine: str = "auto", sample=None,
           detect: tuple[float, float] | None = None, directions: int | None = None, seed=None,
-          progress: bool | Callable[[int, int], None] | None = None) -> Report:
+          progress: bool | Callable[[int, int], None] | None = None,
+          jitter: float | None = None) -> Report:
     """Compare an analytic gradient with finite differences of the loss, coordinate by coordinate.
 
     Parameters
@@ -112,15 +119,26 @@ def check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None
         is called as ``progress(coordinates, evaluations)`` with the counts just finished,
         from worker threads (see :class:`fastgrad.progress.ProgressBar`); if it raises, the
         check stops with that error.
+    jitter : float, optional
+        Also check at a fixed nearby point, each θ_i moved by r/2 to r times max(1, |θ_i|)
+        (needs a callable grad); the report is the worse of the two, ``report.jittered`` the other.
 
     Returns
     -------
     Report
         ``report.passed``, ``report.verdict``, ``report.relative_error``; print it.
     """
-    return run_check(loss, grad, theta, args, kwargs=kwargs, method=method, eps=eps,
-                     dtype=dtype, workers=workers, engine=engine, sample=sample, detect=detect,
-                     directions=directions, seed=seed, progress=progress)
+    options = dict(kwargs=kwargs, method=method, eps=eps, dtype=dtype, workers=workers, engine=engine,
+                   sample=sample, detect=detect, directions=directions, seed=seed,
+                   progress=progress)
+    if jitter is None:
+        return run_check(loss, grad, theta, args, **options)
+    nearby = jittered_theta(theta, jitter, dtype)  # InputError before any evaluation
+    if not callable(grad) or isinstance(grad, (np.ndarray, Mapping)):
+        raise InputError("jitter= needs grad as a callable grad(theta, *args): the gradient is "
+                         "evaluated again at the nearby point")
+    report = run_check(loss, grad, theta, args, **options)
+    return with_jittered(report, run_check(loss, grad, nearby, args, **options), jitter)
 
 
 def run_check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None,
@@ -163,6 +181,9 @@ def run_check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = 
     if sampled:
         coverage = sample_coordinates(layout, sample=sample, detect=detect,
                                       seed=stream(entropy, SAMPLE_STREAM) if drawn else None)
+    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
+    require_representable_steps(theta_flat, max(relative_step, directional_relative_step(
+        layout.dtype)) if directions else relative_step, layout.label)
     analytic, analytic_eps = _analytic_gradient(grad, theta_flat, layout, args)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     total = layout.size if coverage is None else coverage.coords.size
@@ -171,15 +192,15 @@ def run_check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = 
     run.progress = progress
     try:
         return _checked(run, loss, theta_flat, layout, analytic, analytic_eps, args, method, eps,
-                        engine, workers, coverage, directions, directions_rng, directional_step,
-                        progress, entropy, started)
+                        relative_step, engine, workers, coverage, directions, directions_rng,
+                        directional_step, progress, entropy, started)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _checked(run, loss, theta_flat, layout, analytic, analytic_eps, args, method, eps, engine,
-             workers, coverage, directions, directions_rng, directional_step, progress, entropy,
+def _checked(run, loss, theta_flat, layout, analytic, analytic_eps, args, method, eps,
+             relative_step, engine, workers, coverage, directions, directions_rng, directional_step, progress, entropy,
              started) -> Report:
     """The stages of :func:`run_check` after its inputs are validated."""
     f0 = run.at(theta_flat)
@@ -188,7 +209,6 @@ def _checked(run, loss, theta_flat, layout, analytic, analytic_eps, args, method
         and coverage.coords.size + NOISE_OTHERS < theta_flat.size // 4
     noise = _noise_estimate(run, theta_flat, coverage.coords if sparse else None)
     require_same(f0, noise.f0, layout.dtype, "twice in a row")
-    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     if coverage is not None:
         coords = coverage.coords
     elif directions:
@@ -208,9 +228,10 @@ def _checked(run, loss, theta_flat, layout, analytic, analytic_eps, args, method
                                    eps if directional_step is None else directional_step)
     require_same(f0, run.at(theta_flat), layout.dtype, "at the start and at the end of the check")
     evaluations = run.evaluations + (context.complex_run.evaluations if context.complex_run else 0)
-    return build_report(layout, plan, coordinates, analytic, noise, run, directional, coverage,
+    return build_report(layout, plan, coordinates, analytic, context.judged_noise(noise), run,
+                        directional, coverage,
                         method=method, seed=entropy, evaluations=evaluations,
-                        seconds=time.perf_counter() - started)
+                        seconds=time.perf_counter() - started, notes=context.noise_notes())
 
 
 def assert_gradient(loss: Callable, grad, theta, args=(), *, strict: bool = False,
@@ -379,7 +400,8 @@ def _noise_estimate(run, theta: np.ndarray, coords: np.ndarray | None):
 
 
 def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
-    """(σ₁, f₁) one step from θ, when θ sits near a zero of f; else None.
+    """The noise estimate one step from θ, when θ sits near a zero of f, or when σ at θ is
+    more than rounding can do (a jump at θ inflates it); else None.
 
     At an exact fit (least squares with no residual) f(θ) ≈ 0, and so is its noise, while
     one step away the residuals, and the rounding they carry, are of the step's size: the
@@ -394,10 +416,12 @@ def _displaced_noise(run, theta: np.ndarray, noise, relative_step: float):
     point = (move + theta).astype(theta.dtype, copy=False)  # float64 sums, rounded to θ's
     f1 = run.at(point, where, fresh=True)
     f0 = noise.f0
-    if not (f0 == 0.0 or np.sign(f1) == np.sign(f0)) or abs(f1) <= DISPLACED_GROWTH * abs(f0):
+    noisy = noise.sigma > math.sqrt(float(np.finfo(theta.dtype).eps)) * abs(f0)  # not rounding
+    if not noisy and (not (f0 == 0.0 or np.sign(f1) == np.sign(f0))
+                      or abs(f1) <= DISPLACED_GROWTH * abs(f0)):
         return None
     displaced = estimate_noise(lambda q: run.at(q, where, fresh=True), point, rng=NOISE_SEED + 2)
-    return displaced.sigma, displaced.f0
+    return displaced
 
 
 def _directional(context: Context, layout: ParameterLayout, count: int,

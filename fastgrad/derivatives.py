@@ -22,7 +22,8 @@ import numpy as np
 
 from . import analysis
 from .engine import Engine
-from .errors import InputError
+from .errors import InputError, LossError
+from .noise import NoiseEstimate
 from .plan import Plan
 
 METHODS = ("central", "central4", "complex")
@@ -61,6 +62,8 @@ class CoordinateChecks:
     refined: np.ndarray  # rows evaluated at a second step
     kink: np.ndarray  # bool: a kink explains the central difference's disagreement
     unresolved: np.ndarray  # bool: a one-sided value agrees, but no kink is resolved
+    rough: np.ndarray | None = None  # bool: not smooth at any usable step (also unresolved)
+    steps: np.ndarray | None = None  # step judged at, where moved to a balanced one (else 0)
 
 
 @dataclass
@@ -76,12 +79,38 @@ class Context:
     analytic_eps: float  # machine epsilon of the analytic gradient's dtype
     analytic_scale: float  # max |g| over all coordinates
     complex_run: Engine | None = None  # evaluates at complex θ (method "complex")
-    displaced: tuple[float, float] | None = None  # (σ, f) one step from θ, near a zero of f
+    displaced: NoiseEstimate | None = None  # one step from θ (near a zero of f, or where σ
+    # at θ is far above rounding)
+
+    @property
+    def theta_outlier(self) -> bool:
+        """f(θ) is off the loss around it: σ at θ exceeds σ₁ one step away by more than
+        NOISE_ESTIMATE_FACTOR² (each estimate is good to a factor F), so the stencil through θ
+        measured a jump or a spike at θ, not noise: a branch taken only at θ, a dip narrower
+        than any step.  The central differences never evaluate θ, and their noise is σ₁."""
+        if self.displaced is None:
+            return False
+        return self.sigma > analysis.NOISE_ESTIMATE_FACTOR ** 2 * self.displaced.sigma
 
     @property
     def noise_references(self) -> tuple[tuple[float, float], ...]:
         """(σ, f) where the noise was measured: see :func:`analysis.evaluation_noise`."""
-        return ((self.sigma, self.f0),) + ((self.displaced,) if self.displaced else ())
+        away = ((self.displaced.sigma, self.displaced.f0),) if self.displaced else ()
+        return away if self.theta_outlier else ((self.sigma, self.f0),) + away
+
+    def judged_noise(self, noise: NoiseEstimate) -> NoiseEstimate:
+        """The estimate the differences are judged with: ``noise`` (at θ), or the one a step
+        away when f(θ) is an outlier."""
+        return self.displaced if self.theta_outlier else noise
+
+    def noise_notes(self) -> list[str]:
+        """What the report says about where the noise was measured."""
+        if not self.theta_outlier:
+            return []
+        return [f"f(theta) is off the loss around it (a jump or a spike exactly at theta): the noise "
+                f"measured through theta ({self.sigma:.2e}) is that jump; the differences, which "
+                f"never evaluate theta, are judged with the noise one step away "
+                f"({self.displaced.sigma:.2e})"]
 
 
 def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):
@@ -103,7 +132,8 @@ def central(losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
 
 def analytic_allowance(context: Context, analytic: np.ndarray, multiplier: float) -> np.ndarray:
     """a = z·u_g·(|g_i| + max|g|): the analytic gradient is itself rounded in its dtype."""
-    return multiplier * context.analytic_eps * (np.abs(analytic) + context.analytic_scale)
+    unit = multiplier * context.analytic_eps  # times each term: |g| + max|g| may overflow
+    return unit * np.abs(analytic) + unit * context.analytic_scale
 
 
 def coordinate_derivatives(context: Context, plan: Plan, method: str) -> CoordinateChecks:
@@ -116,14 +146,113 @@ def coordinate_derivatives(context: Context, plan: Plan, method: str) -> Coordin
     near, near_taken = stencil(context.run, plan, context.theta, analysis_offsets(method))
     numerical, rounding_std = _first_pass(context, method, near, near_taken)
     error = multiplier * rounding_std + allowance
+    rough = _rough(context, plan, near, multiplier) if context.theta_outlier else None
+    unresolved = np.zeros(len(plan), dtype=bool) if rough is None else rough.copy()
+    if rough is not None:  # nothing to confirm, nothing to blame: a warning, never a failure
+        error[rough] = np.maximum(error[rough], np.abs(numerical[rough] - analytic[rough]))
     refined = np.flatnonzero(np.abs(numerical - analytic) > error)
     kink = np.zeros(len(plan), dtype=bool)
-    unresolved = np.zeros(len(plan), dtype=bool)
     if refined.size:
         _refine(context, plan.subset(refined), method, refined, analytic[refined], near[refined],
                 near_taken[refined], numerical, rounding_std, error, (kink, unresolved),
                 multiplier, allowance[refined])
-    return CoordinateChecks(numerical, error, refined, kink, unresolved)
+    checks = CoordinateChecks(numerical, error, refined, kink, unresolved, rough)
+    if method == "central" and noise_far_above_rounding(context):
+        _rebalance(context, plan, analytic, checks, multiplier, allowance)
+    return checks
+
+
+#: The ladder of steps h·2^j, j = 1..LADDER_LEVELS, searched for the balanced step.
+LADDER_LEVELS = 16
+
+
+def noise_far_above_rounding(context: Context) -> bool:
+    """σ > √u·|f(θ)|: more than rounding can do (the determinism test's bound, see
+    :func:`fastgrad.api.require_same`): cancellation in an ill-conditioned computation."""
+    return context.sigma > np.sqrt(float(np.finfo(context.dtype).eps)) * abs(context.f0)
+
+
+def _rebalance(context: Context, plan: Plan, analytic, checks: CoordinateChecks, multiplier: float,
+               allowance) -> None:
+    """Coordinates left unresolved by a noise σ far above rounding, judged at the step that
+    balances the noise against the truncation (in place; ``checks.steps`` records it).
+
+    Unresolved: allowed error > WRONG_ABOVE·max(|D|, |g|), i.e. the check cannot tell this
+    coordinate's derivative to the seed's 1e-3.  Along the ladder h_j = h·2^j the Richardson
+    value R_j = (4·D(h_j) − D(h_{j+1}))/3 has rounding r_j ∝ σ/h_j and truncation
+    t_j ≈ |f⁽³⁾|·h_j²/2, estimated by max(|D_j − R_j|, |D_{j+1} − R_{j+1}|/4) (D's truncation
+    grows like h²: two estimates of it, the larger kept); the total z·r_j + t_j is smallest
+    at the balanced h* ∝ (σ/|f⁽³⁾|)^(1/3), the level judged.  Costs 2·(LADDER_LEVELS + 1)
+    evaluations a coordinate, only where σ > √u·|f|.
+    """
+    numerical, error = checks.numerical, checks.error
+    scale = np.maximum(np.abs(numerical), np.abs(analytic))
+    settled = checks.kink | checks.unresolved
+    rows = np.flatnonzero((error > analysis.WRONG_ABOVE * scale) & ~settled)
+    if rows.size == 0:
+        return
+    subset = plan.subset(rows)
+    for levels in range(LADDER_LEVELS, 2, -3):  # shorter ladders where a long one leaves the
+        offsets = [sign * 2.0 ** j for j in range(levels + 1) for sign in (1.0, -1.0)]
+        try:                                    # loss's domain (a NaN, a raise)
+            losses, taken = stencil(context.run, subset, context.theta, offsets)
+            break
+        except LossError:
+            continue
+    else:
+        return  # no ladder the loss accepts: the coordinates stay as they were (warn)
+    pairs = [slice(2 * j, 2 * j + 2) for j in range(levels + 1)]
+    d = np.stack([central(losses[:, pair], taken[:, pair]) for pair in pairs], axis=1)
+    r = np.stack([rounding(context, losses[:, pair], taken[:, pair]) for pair in pairs], axis=1)
+    values = analysis.richardson(d[:, :-1], d[:, 1:])
+    estimate = np.abs(d[:, :-1] - values)
+    next_estimate = np.concatenate([estimate[:, 1:], estimate[:, -1:] * 4.0], axis=1)
+    truncation = np.maximum(estimate, next_estimate / 4.0)
+    totals = multiplier * analysis.richardson_rounding_std(r[:, :-1], r[:, 1:]) + truncation
+    best = np.argmin(totals, axis=1)
+    pick = np.arange(rows.size)
+    numerical[rows] = values[pick, best]
+    error[rows] = totals[pick, best] + allowance[rows]
+    checks.steps = np.zeros(len(plan))
+    checks.steps[rows] = subset.steps * 2.0 ** best
+
+
+#: The smallest step of the convergence test at an outlying f(θ), in units of u·max(1, |θ_i|):
+#: 64 ulps of max(1, |θ_i|), a step that still moves θ_i by a well-represented amount.
+SMALLEST_STEP_ULPS = 64.0
+
+
+def _rough(context: Context, plan: Plan, near: np.ndarray, multiplier: float) -> np.ndarray:
+    """Which coordinates are not smooth at any usable step, when f(θ) is off the loss around
+    it (:attr:`Context.theta_outlier`).
+
+    Convergence test of T(a) = (f(θ+a) − f(θ)) + (f(θ−a) − f(θ)) at a = h, m = √(h·s) and
+    s = SMALLEST_STEP_ULPS·u·max(1, |θ_i|).  A loss smooth on either side of θ, whatever its
+    value at θ (a jump, a branch taken only at θ), has T(a) = 2J + f''·a² + noise, so
+    |T(m) − T(s)| ≤ |f''|·m² + noise, and |f''|·m² ≤ |T(h) − T(m)|·m²/(h² − m²), far below
+    |T(h) − T(m)| (m/h = √(s/h) ≈ 5e-5): the coordinate is *rough* when
+
+        |T(m) − T(s)| > z·2σ + |T(h) − T(m)|
+
+    (2σ: the standard deviation of the four values' noise).  A spike or dip wider than s but
+    narrower than m does that; the central differences at h, which straddle it, say nothing of
+    f'(θ) then, and the coordinate is left unresolved (warn).  Costs 4 evaluations a coordinate.
+    """
+    ratio = SMALLEST_STEP_ULPS * float(np.finfo(context.dtype).eps) / plan.relative_step
+    ratio = min(ratio, 1.0)
+    small, _ = stencil(context.run, plan, context.theta,
+                       (np.sqrt(ratio), -np.sqrt(ratio), ratio, -ratio))
+    f0 = context.f0
+
+    def twice_jump(plus, minus):
+        return (plus - f0) + (minus - f0)
+
+    at_step = twice_jump(near[:, 0], near[:, 1])
+    at_middle = twice_jump(small[:, 0], small[:, 1])
+    at_smallest = twice_jump(small[:, 2], small[:, 3])
+    noise = analysis.evaluation_noise(context.noise_references, small[:, 0], small[:, 1],
+                                      context.dtype)
+    return np.abs(at_middle - at_smallest) > multiplier * 2.0 * noise + np.abs(at_step - at_middle)
 
 
 def analysis_offsets(method: str) -> tuple[float, ...]:
@@ -205,14 +334,16 @@ def _not_smooth(context: Context, f_plus, f_plus2, f_minus, f_minus2, step, mult
     S(a) = f(θ+a) − 2f(θ) + f(θ−a): see :func:`_kinks`."""
     f0 = context.f0
     sigma = analysis.evaluation_noise(context.noise_references, f_plus, f_minus, context.dtype)
-    near = f_plus - 2.0 * f0 + f_minus
-    far = f_plus2 - 2.0 * f0 + f_minus2
+    near = (f_plus - f0) + (f_minus - f0)  # S(h) without 2f(θ), which overflows near 1e308
+    far = (f_plus2 - f0) + (f_minus2 - f0)
     return np.abs(far / (2.0 * step) - 2.0 * near / step) > multiplier * 5.05 * sigma / step
 
 
 def one_sided(f0, f_near, f_far, offset):
-    """D = (−f(θ+2a) + 4·f(θ+a) − 3·f(θ)) / 2a, second order, on one side (a signed)."""
-    return (-f_far + 4.0 * f_near - 3.0 * f0) / (2.0 * offset)
+    """D = (−f(θ+2a) + 4·f(θ+a) − 3·f(θ)) / 2a
+    = (4·(f(θ+a) − f(θ)) − (f(θ+2a) − f(θ))) / 2a, second order, on one side (a signed);
+    in differences, which do not overflow."""
+    return (4.0 * (f_near - f0) - (f_far - f0)) / (2.0 * offset)
 
 
 def _kinks(context: Context, rows, g, plus, minus, numerical, error, kink, unresolved,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .analysis import binary_scale
 from .errors import InputError, LossError
 
 #: ECnoise's return codes (its ``inform``).
@@ -79,11 +80,18 @@ def noise_levels(fvals) -> tuple[np.ndarray, np.ndarray]:
 def _levels(values: list[float]) -> Iterator[tuple[float, bool]]:
     """(σ_k, Δ^k f changes sign) for k = 1, 2, ..., computed as they are asked for, on
     Python floats: for 9 values these are ten times faster than NumPy's per-call overhead,
-    and every check estimates the noise (a Monitor's checks are a few milliseconds)."""
+    and every check estimates the noise (a Monitor's checks are a few milliseconds).
+
+    Scale-safe: the differences are taken of f/s, s = :func:`analysis.binary_scale` of
+    max|f| (exact), and σ_k = s·σ_k(f/s); squaring f itself would overflow for |f| ≳ 1e154
+    (every level inf) and underflow for |f| ≲ 1e-154 (every level 0).
+    """
+    scale = binary_scale(max(map(abs, values)))
+    values = [value / scale for value in values]
     for order in range(1, len(values)):
         values = [right - left for left, right in itertools.pairwise(values)]
         gamma = 1.0 / math.comb(2 * order, order)
-        yield (math.sqrt(gamma * sum(value * value for value in values) / len(values)),
+        yield (scale * math.sqrt(gamma * sum(value * value for value in values) / len(values)),
                min(values) * max(values) < 0.0)
 
 
@@ -109,7 +117,8 @@ def ecnoise(fvals) -> tuple[float, int]:
     values = fvals.tolist()
     if not all(map(math.isfinite, values)):
         return 0.0, STEP_TOO_LARGE
-    largest, smallest = max(values), min(values)
+    scale = binary_scale(max(map(abs, values)))
+    largest, smallest = max(values) / scale, min(values) / scale  # no overflow in the spread
     if largest - smallest > MAX_SPREAD * max(abs(largest), abs(smallest)):
         return 0.0, STEP_TOO_LARGE
     if 2 * sum(left == right for left, right in itertools.pairwise(values)) >= len(values):

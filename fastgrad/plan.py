@@ -76,6 +76,60 @@ class Plan:
         return values.astype(np.float64) - theta[self.coords].astype(np.float64)[:, None]
 
 
+#: How far from θ a check reaches, in relative steps: central4's second step is 4h, and a
+#: directional test moves θ_i by z·2h·max(1, |θ_i|), |z| < 8 for any Gaussian draw in practice.
+REACH = 16.0
+
+
+def require_representable_steps(theta: np.ndarray, relative_step: float, label) -> None:
+    """InputError, naming the first such coordinate ``label(i)``, when θ_i ± REACH·h_i
+    (h_i = relative_step·max(1, |θ_i|)) is beyond the largest value of θ's dtype.
+
+    Such a step would give an infinite point: the loss would be blamed for a non-finite
+    value that the step made.  Checked before any evaluation.
+    """
+    largest = float(np.finfo(theta.dtype).max)
+    magnitude = np.abs(theta.astype(np.float64, copy=False))
+    beyond = np.flatnonzero(magnitude > largest / (1.0 + REACH * relative_step))
+    if beyond.size:
+        i = int(beyond[0])
+        limit = largest / (1.0 + REACH * relative_step)
+        raise InputError(
+            f"{label(i)} = {float(theta[i]):.6e} is too close to the largest {theta.dtype} "
+            f"({largest:.6e}) for finite-difference steps of relative size {relative_step:.2e}: "
+            f"the perturbed values would overflow; scale the parameter so that |{label(i)}| "
+            f"<= {limit:.6e}"
+        )
+
+
+#: Seed of the nearby point of ``jitter=``: the same point at every check of the same θ.
+JITTER_SEED = 20261205
+
+
+def jittered_theta(theta, distance, dtype=None):
+    """θ'_i = θ_i + r·max(1, |θ_i|)·s_i·w_i, s_i = ±1, w_i ~ U(1/2, 1), from a fixed seed, in
+    θ's structure: every coordinate moves by between r/2 and r relative, so that a stationary
+    point's zero gradient, which hides a factor or a sign, is left in every direction."""
+    from .parameters import ParameterLayout  # parameters imports nothing of plans
+
+    distance = check_jitter(distance)
+    layout, flat = ParameterLayout.from_theta(theta, dtype)
+    rng = np.random.default_rng(JITTER_SEED)
+    moves = rng.choice((-1.0, 1.0), flat.size) * rng.uniform(0.5, 1.0, flat.size)
+    moved = flat.astype(np.float64) + distance * np.maximum(1.0, np.abs(flat)) * moves
+    return layout.structured(moved.astype(flat.dtype))
+
+
+def check_jitter(distance) -> float:
+    try:
+        value = float(distance)
+    except (TypeError, ValueError):
+        raise InputError(f"jitter must be a relative distance in (0, 1], got {distance!r}") from None
+    if isinstance(distance, bool) or not (np.isfinite(value) and 0.0 < value <= 1.0):
+        raise InputError(f"jitter must be a relative distance in (0, 1], got {distance!r}")
+    return value
+
+
 def check_eps(eps) -> float:
     try:
         value = float(eps)

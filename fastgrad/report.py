@@ -11,6 +11,7 @@ import numpy as np
 from . import analysis
 from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
 from .directions import DirectionResult
+from .noise import STEP_TOO_SMALL
 from .parameters import ParameterLayout, format_label
 from .sampling import Coverage
 
@@ -108,6 +109,7 @@ class Report:
     directions: list[DirectionResult] = field(default_factory=list)
     sensitivity: float | None = None  # single-coordinate error s_i·|δ| the directions catch
     localisation: dict | None = None  # what group testing found (labels), and its cost
+    jittered: Report | None = None  # the check at a nearby point (jitter=)
 
     @property
     def passed(self) -> bool:
@@ -151,7 +153,7 @@ class Report:
 
     def to_dict(self) -> dict:
         """Everything but the full gradients, in JSON-serialisable types."""
-        structured = ("details", "notes", "coverage", "directions", "localisation")
+        structured = ("details", "notes", "coverage", "directions", "localisation", "jittered")
         scalars = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in structured}
         return {
             **scalars,
@@ -164,6 +166,7 @@ class Report:
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "directions": [d.to_dict() for d in self.directions],
             "localisation": self.localisation,
+            "jittered": None if self.jittered is None else self.jittered.to_dict(),
         }
 
     def __str__(self) -> str:
@@ -295,10 +298,41 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
     return results
 
 
+VERDICT_ORDER = ("pass", "warn", "fail")
+
+
+def with_jittered(report: Report, nearby: Report, distance: float) -> Report:
+    """The report at θ, with the check at a nearby point attached (``report.jittered``) and
+    the worse verdict of the two: at a stationary point a factor or a sign in the gradient
+    shows only away from it."""
+    report.jittered = nearby
+    report.verdict = max(report.verdict, nearby.verdict, key=VERDICT_ORDER.index)
+    report.notes.append(f"checked again at a nearby point (every coordinate moved by a relative "
+                        f"{distance / 2:g} to {distance:g}, jitter={distance:g}): {nearby.verdict}, "
+                        f"relative error {nearby.relative_error:.3e}, {nearby.failed} coordinate(s) "
+                        f"disagree{f', worst {nearby.worst_label}' if nearby.failed else ''}")
+    return report
+
+
+def locally_constant(noise, numerical, analytic) -> bool:
+    """Every difference the check took is exactly 0 and so is the gradient: the noise
+    estimate ended with ECnoise's code 2 (its values equal at every step tried, √u up to
+    100³·√u ≈ 1.5e-2 relative) and every D_i = g_i = 0.  Nothing here is rounding: the loss is constant near θ."""
+    return (not noise.detected and noise.code == STEP_TOO_SMALL and numerical.size > 0
+            and not np.any(numerical) and not np.any(analytic))
+
+
+def zero_within_error(analytic, error) -> bool:
+    """|g_i| ≤ z·r_i + t_i for every checked coordinate: the gradient is 0 within the error of
+    each difference, θ is a stationary point as far as the check can tell, and the relative
+    error ‖D − g‖/(‖D‖ + ‖g‖), a ratio of two rounding errors there, says nothing."""
+    return analytic.size > 0 and bool(np.all(np.abs(analytic) <= error))
+
+
 def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.ndarray, noise,
                  run, directional, coverage, *, method: str, seed, evaluations: int,
-                 seconds: float) -> Report:
-    """Judge the checks and assemble the report."""
+                 seconds: float, notes: list[str] = ()) -> Report:
+    """Judge the checks and assemble the report (``notes``: the analysis's own, first)."""
     coords = plan.coords
     numerical, error, kink = coordinates.numerical, coordinates.error, coordinates.kink
     unresolved = coordinates.unresolved
@@ -320,13 +354,44 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
     else:
         relative = analysis.relative_error(np.array([d.numerical for d in directions]),
                                            np.array([d.analytic for d in directions]))
-    notes = []
-    if not noise.detected:
+    notes = list(notes)
+    flat = locally_constant(noise, numerical, analytic)
+    stationary = zero_within_error(analytic, error) and not flat
+    if flat:
+        notes.append("the loss is flat here: every finite difference, and every difference of the "
+                     "noise estimate at steps up to 1.5e-2, is exactly 0, as is the gradient; a gradient "
+                     "that is 0 here by mistake cannot be told from the right one: check at a "
+                     "point where the loss varies too")
+    elif not noise.detected:
         notes.append("the loss's rounding noise could not be measured; a bound was used instead")
+    if stationary and relative > analysis.WRONG_ABOVE:
+        notes.append("theta is a stationary point: the gradient is 0 within each coordinate's error "
+                     "bound (so the relative error means nothing); there, a gradient wrong by a "
+                     "factor or a sign cannot be told from the right one: check at a nearby point "
+                     "too (jitter=)")
+    rough = coordinates.rough
+    if rough is not None and rough.any():
+        names = ", ".join(layout.label(int(c)) for c in plan.coords[rough][:3])
+        notes.append(f"the loss is not smooth at the step scale near {names}"
+                     f"{' and others' if rough.sum() > 3 else ''}: f(theta) is off the loss around "
+                     "it and its differences do not converge as the step shrinks (a spike "
+                     "narrower than the step), so finite differences cannot confirm any "
+                     "derivative there")
+    moved = coordinates.steps
+    if moved is not None and moved.any():
+        rows = np.flatnonzero(moved)
+        steps = ", ".join(f"{layout.label(int(plan.coords[j]))} at h = {moved[j]:.2e}"
+                          for j in rows[:6])
+        notes.append(f"the loss's noise ({noise.sigma:.2e}) is far above rounding (sqrt(u)|f| = "
+                     f"{np.sqrt(np.finfo(layout.dtype).eps) * abs(noise.f0):.2e}): {rows.size} "
+                     f"coordinate(s) unresolved at the default step were judged at the step that "
+                     f"balances noise and truncation (Richardson value): {steps}"
+                     f"{', ...' if rows.size > 6 else ''}")
+    inconclusive = relative > analysis.WRONG_ABOVE and not stationary
     unconfirmed = directional is not None and directional.unconfirmed
     if failed or (directional is not None and directional.failed and not unconfirmed):
         verdict = "fail"
-    elif relative > analysis.WRONG_ABOVE or not noise.detected or unresolved.any() or unconfirmed:
+    elif inconclusive or not (noise.detected or flat) or unresolved.any() or unconfirmed:
         verdict = "warn"
         if unconfirmed:
             notes.append(
@@ -335,13 +400,16 @@ def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.n
                 "truncation estimate out of range; look closer with a coordinate check "
                 "(sample= or a full check)"
             )
-        if unresolved.any():
+        one_sided = unresolved.copy()
+        if rough is not None:
+            one_sided[:rough.size] &= ~rough
+        if one_sided.any():
             notes.append(
-                f"{int(unresolved.sum())} coordinate(s) disagree with the central difference but "
+                f"{int(one_sided.sum())} coordinate(s) disagree with the central difference but "
                 "agree with a one-sided derivative, and no kink could be resolved: a small kink "
                 "(ReLU, abs) or a gradient error at the level of the noise; look closer"
             )
-        if relative > analysis.WRONG_ABOVE:
+        if inconclusive:
             notes.append(
                 "the finite differences are too inaccurate here (rounding noise, or truncation "
                 "at this step) to confirm this gradient: the relative error is above 1e-3 "

@@ -5,7 +5,10 @@ that none goes unchecked: every group first gets the floor (a group no larger
 than the floor is so checked whole), and the rest of the budget is shared in
 proportion to the group sizes.  The floor, 16 coordinates, is the sample on
 which a bug that touches ≥ 17% of a group is caught with probability ≥ 95%,
-since (1 − 0.17)^16 < 0.05.
+since (1 − 0.17)^16 < 0.05.  ``sample=`` never checks fewer than min(N_g, 16)
+coordinates of a group: a smaller budget is raised to Σ_g min(N_g, 16), and the
+Coverage says so (``floor_raised_from``).  (A Monitor's per-check budget instead
+lowers the floor to k // groups: its rotation covers every coordinate in turn.)
 
 Guarantee.  Sampling k of a group's N coordinates without replacement, a bug
 that touches K of them is missed with the hypergeometric probability
@@ -14,13 +17,16 @@ that touches K of them is missed with the hypergeometric probability
 
 so it is caught with probability ≥ 1 − α once K is at least the smallest K with
 P(miss) ≤ α.  Over all groups, whatever the placement of K bugged coordinates,
-P(miss) ≤ (1 − f_min)^K with f_min the smallest sampled fraction.  "Caught"
+P(miss) ≤ (1 − f_min)^K with f_min the smallest sampled fraction; and a bug touching
+more than N − k of the N coordinates is caught for certain (it cannot avoid all k
+sampled ones), so no guarantee names more than N − k + 1 coordinates.  "Caught"
 means: a bugged coordinate is in the sample; its error is then judged like any
 other coordinate's, against its finite-difference error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -84,7 +90,19 @@ def allocate(sizes: list[int], budget: int, floor: int = FLOOR) -> list[int]:
     remainders), never beyond a group's size.
     """
     floor = max(1, min(floor, budget // max(len(sizes), 1)))
-    counts = [min(size, floor) for size in sizes]
+    return _share_rest(sizes, [min(size, floor) for size in sizes], budget)
+
+
+def floored_allocation(sizes: list[int], budget: int, floor: int = FLOOR) -> list[int]:
+    """Per-group sample sizes: min(size, floor) each whatever the budget, then the rest of
+    ``budget`` (if any) in proportion to the group sizes, as in :func:`allocate`; they sum
+    to max(budget, Σ min(size, floor))."""
+    return _share_rest(sizes, [min(size, floor) for size in sizes], budget)
+
+
+def _share_rest(sizes: list[int], counts: list[int], budget: int) -> list[int]:
+    """``counts`` raised until they sum to ``budget``, in proportion to the sizes of the
+    groups not yet whole (largest remainders), never beyond a group's size."""
     remaining = budget - sum(counts)
     while remaining > 0:
         open_groups = [i for i, size in enumerate(sizes) if counts[i] < size]
@@ -127,6 +145,9 @@ class Coverage:
     coords: np.ndarray  # sorted flat indices
     groups: list[GroupCoverage]
     alpha: float
+    #: The k that ``sample=`` asked for when the floor of min(N_g, 16) per group raised
+    #: the sample above it; None when it did not.
+    floor_raised_from: int | None = None
 
     @property
     def sampled(self) -> int:
@@ -141,15 +162,21 @@ class Coverage:
     def caught_from(self) -> int | None:
         """Overall: bugs touching ≥ this many coordinates anywhere are caught w.p. ≥ 1 − alpha.
 
-        From P(miss) ≤ (1 − f_min)^K, f_min the smallest sampled fraction; None when
-        a group is not sampled at all (a bug confined to it is never caught).
+        From P(miss) ≤ (1 − f_min)^K, f_min the smallest sampled fraction, and never
+        above N − k + 1, from which on a bug cannot avoid the sample; with one group, its
+        exact hypergeometric value.  None when a group is not sampled at all (a bug
+        confined to it is never caught).
         """
         smallest = min(g.sampled / g.size for g in self.groups)
         if smallest <= 0.0:
             return None
+        if len(self.groups) == 1:
+            return self.groups[0].caught_from
         if smallest >= 1.0:
             return 1
-        return math.ceil(math.log(self.alpha) / math.log1p(-smallest))
+        size = sum(g.size for g in self.groups)
+        bound = math.ceil(math.log(self.alpha) / math.log1p(-smallest))
+        return min(bound, size - self.sampled + 1)
 
     def lines(self) -> list[str]:
         size = sum(g.size for g in self.groups)
@@ -159,6 +186,9 @@ class Coverage:
             overall = (f"a bug touching at least {_share(self.caught_from, size)} of them is "
                        f"caught with probability >= {1 - self.alpha:.0%}")
         lines = [f"sampled {self.sampled:,} of {size:,} coordinates: {overall}"]
+        if self.floor_raised_from is not None:
+            lines.append(f"  (sample= asked for {self.floor_raised_from:,}: raised to "
+                         f"{self.sampled:,} by the floor of min(group size, {FLOOR}) per group)")
         for g in self.groups:
             if g.sampled == 0:
                 what = "not sampled"
@@ -171,12 +201,14 @@ class Coverage:
         return lines
 
     def __str__(self) -> str:
-        return "\n".join(self.lines() + [f"cost: {self.evaluations:,} loss evaluations "
-                                         "(+ about 12 at and near θ: f(θ), the noise estimate)"])
+        cost = (f"cost: {self.evaluations:,} loss evaluations "
+                "(+ about 12 at and near θ: f(θ), the noise estimate)")
+        return "\n".join([*self.lines(), cost])
 
     def to_dict(self) -> dict:
         return {"sampled": self.sampled, "alpha": self.alpha, "caught_from": self.caught_from,
-                "evaluations": self.evaluations, "groups": [g.to_dict() for g in self.groups]}
+                "floor_raised_from": self.floor_raised_from, "evaluations": self.evaluations,
+                "groups": [g.to_dict() for g in self.groups]}
 
 
 def _share(count: int, size: int) -> str:
@@ -185,8 +217,9 @@ def _share(count: int, size: int) -> str:
 
 def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, seed=None,
                        alpha: float | None = None) -> Coverage:
-    """Stratified sample of flat coordinates: ``sample=k`` (int or fraction of n) or
-    ``detect=(p, alpha)`` (k per group for a bug touching a fraction p caught w.p. ≥ 1 − alpha).
+    """Stratified sample of flat coordinates: ``sample=k`` (int or fraction of n; at least
+    min(N_g, 16) per group), ``sample=`` flat indices, or ``detect=(p, alpha)`` (k per
+    group for a bug touching a fraction p caught w.p. ≥ 1 − alpha).
     """
     if sample is not None and detect is not None:
         raise InputError("give sample= or detect=, not both")
@@ -194,15 +227,20 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
     if isinstance(sample, (np.ndarray, list, tuple)):
         return coverage_of(layout, _explicit(sample, layout.size),
                            ALPHA if alpha is None else alpha, presorted=True)
+    budget = None
     if detect is not None:
         fraction, alpha = _check_detect(detect)
         counts = [sample_size_for(size, fraction, alpha) for size in sizes]
     else:
-        counts = allocate(sizes, _budget(sample, layout.size))
+        budget = _budget(sample, layout.size)
+        counts = floored_allocation(sizes, budget)
     rng = np.random.default_rng(seed)
     chosen = [group.offset + rng.choice(group.size, size=count, replace=False)
               for group, count in zip(layout.groups, counts)]
-    return coverage_of(layout, np.concatenate(chosen), ALPHA if alpha is None else alpha)
+    coverage = coverage_of(layout, np.concatenate(chosen), ALPHA if alpha is None else alpha)
+    if budget is not None and coverage.sampled > budget:
+        coverage = dataclasses.replace(coverage, floor_raised_from=budget)
+    return coverage
 
 
 #: The streams of one check: children of its seed's SeedSequence, by spawn key.

@@ -176,7 +176,11 @@ def test_check_sample_fraction_and_explicit(mlp_small):
     p = mlp_small
     grad = mlp.grad(p.params, p.X, p.Y)
     report = fastgrad.check(mlp.loss, grad, p.params, args=(p.X, p.Y), sample=0.05, seed=0)
-    assert report.checked == round(0.05 * p.n)
+    # 5% is 30 coordinates; the floor of min(N_g, 16) per group (issue #11) raises it to
+    # 16 + 16 + 16 + 3 = 51, and the coverage says so
+    assert report.checked == 16 * 3 + 3 and report.coverage.floor_raised_from == round(0.05 * p.n)
+    report = fastgrad.check(mlp.loss, grad, p.params, args=(p.X, p.Y), sample=0.1, seed=0)
+    assert report.checked == round(0.1 * p.n) and report.coverage.floor_raised_from is None
     coords = np.array([0, 7, 500, 602])
     report = fastgrad.check(mlp.loss, grad, p.params, args=(p.X, p.Y), sample=coords)
     assert np.array_equal(_checked_flat(report), coords)
@@ -258,8 +262,8 @@ def test_empirical_detection_rate_matches_the_guarantee(mlp_small):
     1,000 seeded samples (the sampling alone) must catch it at a rate ≥ 1 − α (less 3
     standard errors), and within 4 standard errors of the exact hypergeometric
     probability; 10 full checks show that a sampled bugged coordinate is reported.
-    Measured: 25 of W1's 500 sampled, K = 56; exact P(catch) = 0.9525; empirical rate
-    0.950 over the 1,000 samples; 9 of the 10 checks caught it (1 to 6 bugged coordinates
+    Measured: 24 of W1's 500 sampled, K = 58; exact P(catch) = 0.9519; empirical rate
+    0.954 over the 1,000 samples; 10 of the 10 checks caught it (1 to 6 bugged coordinates
     sampled and each reported failing, and nothing else).
     """
     p = mlp_small
@@ -447,3 +451,98 @@ def test_sampled_check_of_a_large_theta_measures_noise_on_a_sparse_direction(mon
     failed = fastgrad.check(_sequential_energy, wrong, theta, args, sample=64, seed=0, workers=1)
     assert failed.verdict == "fail"
     assert failed.worst[0].index == (coordinate,)
+
+
+# ----------------------------------------------------------------------------- the floor (issue #11)
+
+
+@pytest.mark.parametrize("sample", [1, 3, 0.1, 0.5])
+def test_floor_checks_a_small_group_whole_whatever_the_sample(sample):
+    theta = np.linspace(-1.0, 1.0, 8)
+    coverage = plan_sample(theta, sample=sample, seed=0)
+    assert coverage.sampled == 8 and np.array_equal(coverage.coords, np.arange(8))
+    assert coverage.floor_raised_from == max(1, round(sample * 8) if isinstance(sample, float) else sample)
+    assert coverage.caught_from == 1 and "checked whole" in "\n".join(coverage.lines())
+
+
+@pytest.mark.parametrize("k", [1, 6, 40, 84, 85, 90, 95, 96, 200])
+def test_floor_is_never_lowered_by_a_small_budget(k):
+    """Every group gets min(N_g, 16) whatever k: the budget is raised to Σ min(N_g, 16) = 85
+    when below (floor_raised_from = k), and above it the rest is shared as before."""
+    coverage = plan_sample(_dict_theta(), sample=k, seed=1)
+    counts = _per_group(coverage.coords)
+    base = sum(min(size, FLOOR) for size in SIZES.values())
+    for name, size in SIZES.items():
+        assert counts[name] >= min(size, FLOOR), (name, counts)
+    assert coverage.sampled == max(k, base)
+    assert coverage.floor_raised_from == (k if k < base else None)
+
+
+def test_report_says_the_floor_raised_the_sample():
+    theta = {"w": np.linspace(-1.0, 1.0, 30), "b": np.linspace(0.5, 1.0, 8)}
+
+    def loss(p):
+        return float(np.sum(p["w"] ** 2) + np.sum(np.sin(p["b"])))
+
+    grad = {"w": 2 * theta["w"], "b": np.cos(theta["b"])}
+    report = fastgrad.check(loss, grad, theta, sample=0.1, seed=0)  # asks for 4 of 38
+    assert report.passed and report.checked == 16 + 8
+    assert report.coverage.floor_raised_from == 4
+    assert "sample= asked for 4: raised to 24 by the floor" in str(report)
+    assert json.loads(json.dumps(report.to_dict()))["coverage"]["floor_raised_from"] == 4
+    assert "raised" not in str(fastgrad.check(loss, grad, theta, sample=30, seed=0))
+
+
+def test_detect_and_explicit_coordinates_are_not_raised():
+    theta = np.linspace(-1.0, 1.0, 8)
+    assert plan_sample(theta, sample=np.array([2])).sampled == 1
+    assert plan_sample(theta, sample=np.array([2])).floor_raised_from is None
+    detected = plan_sample(theta, detect=(0.5, 0.2), seed=0)
+    assert detected.sampled == sample_size_for(8, 0.5, 0.2) < 8 and detected.floor_raised_from is None
+
+
+def _worst_miss(sizes: tuple[int, int], sampled: tuple[int, int], bugged: int) -> float:
+    """The largest P(miss) over every placement of ``bugged`` coordinates in two groups."""
+    return max(hypergeom.pmf(0, sizes[0], first, sampled[0])
+               * hypergeom.pmf(0, sizes[1], bugged - first, sampled[1])
+               for first in range(max(0, bugged - sizes[1]), min(bugged, sizes[0]) + 1))
+
+
+def _explicit_coverage(sizes, sampled):
+    theta = {f"g{i}": np.zeros(size) for i, size in enumerate(sizes)}
+    offsets = np.cumsum((0, *sizes[:-1]))
+    coords = np.concatenate([offset + np.arange(k) for offset, k in zip(offsets, sampled)])
+    return plan_sample(theta, sample=coords)
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 5, 8, 13, 40])
+def test_guarantee_of_one_group_never_names_more_coordinates_than_it_has(size):
+    for k in range(1, size + 1):
+        coverage = _explicit_coverage((size,), (k,))
+        caught = coverage.caught_from
+        assert 1 <= caught <= size - k + 1
+        assert hypergeom.pmf(0, size, caught, k) <= ALPHA * (1 + 1e-12)
+        for line in coverage.lines():
+            for share in line.split("(")[1:]:
+                if "%)" in share:
+                    assert float(share.split("%")[0]) <= 100.0, line
+
+
+def test_one_of_four_names_four_not_eleven():
+    """1 of 4 sampled: P(miss) = 1 − K/4, ≤ 0.05 only at K = 4 (the bound (3/4)^K says 11)."""
+    coverage = _explicit_coverage((4,), (1,))
+    assert coverage.caught_from == 4
+    assert "a bug touching at least 4 (100.00%) of them" in coverage.lines()[0]
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (1, 7), (3, 13), (13, 5), (2, 30)])
+def test_guarantee_over_groups_holds_and_never_names_more_than_there_are(sizes):
+    """For every sample of two small groups, the overall K is at most N − k + 1, and every
+    placement of K bugged coordinates is caught w.p. ≥ 1 − α (brute force over placements)."""
+    total = sum(sizes)
+    for first in range(1, sizes[0] + 1):
+        for second in range(1, sizes[1] + 1):
+            coverage = _explicit_coverage(sizes, (first, second))
+            caught = coverage.caught_from
+            assert 1 <= caught <= total - first - second + 1
+            assert _worst_miss(sizes, (first, second), caught) <= ALPHA * (1 + 1e-12)
