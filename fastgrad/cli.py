@@ -184,8 +184,8 @@ def load_model(path: str) -> dict:
         raise UsageError(f"{error.filename or path} has a syntax error at line {error.lineno}: "
                          f"{error.msg}") from error
     except SystemExit as error:
-        raise UsageError(f"{path} called sys.exit({error.code!r}) while loading (a model file "
-                         "defines loss, grad and theta, without exiting)") from error
+        raise UsageError(f"{path} called sys.exit({error.code!r}) while loading; a model file "
+                         "defines loss, grad and theta without exiting") from error
     except Exception as error:  # noqa: BLE001 -- the model file's own failure, in one line
         raise UsageError(f"{path} raised {_describe(error)} while loading") from error
     missing = [name for name in ("loss", "grad", "theta") if name not in namespace]
@@ -252,11 +252,12 @@ def _is_ours(filename: str) -> bool:
 
 
 def _describe(error: BaseException, traceback_shown: bool = True) -> str:
-    """One line: fastgrad's own message, or the type and message of anything else."""
-    if isinstance(error, (UsageError, GradientCheckError)):
-        return _one_line(error)
-    hint = "" if traceback_shown else " (--traceback shows where)"
-    return f"{type(error).__name__}: {_one_line(error)}{hint}"
+    """One line: fastgrad's own message, or the type and message of anything else; where
+    the user's code failed, a pointer to --traceback unless it is shown."""
+    ours = isinstance(error, (UsageError, GradientCheckError))
+    text = _one_line(error) if ours else f"{type(error).__name__}: {_one_line(error)}"
+    users = not ours or error.__cause__ is not None
+    return text + (" (--traceback shows where)" if users and not traceback_shown else "")
 
 
 def _expected(layout, options) -> int:

@@ -161,13 +161,14 @@ def test_traceback_option_shows_the_failing_line_of_the_model_file(tmp_path, cap
     assert main(["check", str(model)]) == USAGE
     short = capsys.readouterr().err
     assert "Traceback" not in short and "FileNotFoundError" in short
+    assert short.rstrip().endswith(" (--traceback shows where)")
     assert main(["check", str(model), "--traceback"]) == USAGE
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):")
     assert f'File "{model}", line 5, in <module>' in err  # theta = weights()
     assert f'File "{model}", line 4, in weights' in err  # the np.load
     assert "runpy" not in err and "cli.py" not in err  # from the user's first frame on
-    assert err.splitlines()[-1] == short.strip()
+    assert err.splitlines()[-1] == short.strip().removesuffix(" (--traceback shows where)")
 
 
 def test_a_closed_stdout_ends_without_a_traceback(tmp_path):
