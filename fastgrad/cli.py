@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import runpy
 import sys
+import traceback
+import warnings
+
+import numpy as np
 
 from . import __version__
 from .errors import GradientCheckError
 
-#: Exit statuses of ``fastgrad check``.
+#: Exit statuses of ``fastgrad check``: 1 only for a gradient found wrong.
 PASSED, FAILED, USAGE = 0, 1, 2
+#: Interrupted (Ctrl-C), and stdout's reader gone before the end: 128 + the signal's number,
+#: as a shell reports a process that the signal ended.
+INTERRUPTED, BROKEN_PIPE = 130, 141
+
+#: NumPy's warning on casting complex to real (numpy.exceptions since NumPy 1.25).
+ComplexWarning = getattr(getattr(np, "exceptions", np), "ComplexWarning")
 
 
 class UsageError(Exception):
     """A bad file or option: one line on stderr, exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad option said in one line on stderr (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fastgrad",
         description="Fast, trustworthy gradient checking for hand-written gradients.",
     )
@@ -31,33 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check the backprop of a two-layer MLP (Numba forward pass, about 10^4 "
                     "parameters), then the same backprop with one planted bug, and print both "
                     "reports. Exit status 0 when the correct one passes and the buggy one fails.")
-    demo.add_argument("--workers", type=int, default=None, help="threads (default: every core)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the model and data (default 0)")
+    demo.add_argument("--workers", type=_positive, default=None,
+                      help="threads (default: every core)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the model and data (default 0)")
 
     check = commands.add_parser(
         "check", help="check the gradient defined in a Python file",
         description="Load FILE, which defines loss(theta, *args), grad (an array/dict like "
                     "theta, or grad(theta, *args)), theta, and optionally args (a tuple), and "
                     "print the report. Exit status: 0 pass (and warn, unless --strict), 1 fail, "
-                    "2 a usage or input error (one line on stderr).")
+                    "2 a usage or input error (one line on stderr; --traceback for more).")
     check.add_argument("file", help="Python file defining loss, grad, theta [, args]")
     check.add_argument("--sample", type=_sample, metavar="K",
                        help="check K coordinates (an int), or a fraction of them (e.g. 0.1)")
     check.add_argument("--detect", type=_detect, metavar="P,ALPHA",
                        help="sample enough to catch a bug touching a fraction P of a group "
                             "with probability >= 1 - ALPHA (e.g. 0.01,0.05)")
-    check.add_argument("--directions", type=int, metavar="M",
+    check.add_argument("--directions", type=_positive, metavar="M",
                        help="test M random directions (and localise a failure)")
     check.add_argument("--method", choices=("central", "central4", "complex"), default="central",
                        help="finite-difference method (default central)")
     check.add_argument("--eps", type=float, help="relative step h0 (default: by method)")
-    check.add_argument("--seed", type=int, help="seed of the sample and the directions")
-    check.add_argument("--workers", type=int, help="threads (default: every core)")
+    check.add_argument("--seed", type=_seed,
+                       help="seed of the sample and the directions (an int >= 0)")
+    check.add_argument("--workers", type=_positive, help="threads (default: every core)")
     check.add_argument("--json", action="store_true",
-                       help="print the report as JSON on stdout (no progress bar)")
+                       help="print the report as strict JSON on stdout (no progress bar): a "
+                            "non-finite figure is null, its path and value listed in "
+                            "\"non_finite\"")
     check.add_argument("--strict", action="store_true", help="exit 1 on warn too")
     check.add_argument("--progress", action="store_true",
                        help="show the progress bar on stderr even when it is not a terminal")
+    check.add_argument("--traceback", action="store_true",
+                       help="on an error, print its traceback too (e.g. the line of the model "
+                            "file that failed to load)")
 
     bench = commands.add_parser(
         "bench", help="benchmark fastgrad against a naive loop and its peers",
@@ -74,16 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
+    try:
+        return run_command(parser, options)
+    except BrokenPipeError:  # e.g. ``fastgrad demo | head``: the reader left
+        _discard_stdout()
+        return BROKEN_PIPE
+
+
+def run_command(parser: argparse.ArgumentParser, options) -> int:
     if options.command == "demo":
         from .demo import run_demo
 
         return run_demo(workers=options.workers, seed=options.seed)
     if options.command == "check":
-        try:
-            return run_check(options)
-        except (UsageError, GradientCheckError) as error:
-            print(f"fastgrad: {_one_line(error)}", file=sys.stderr)
-            return USAGE
+        return check_command(options)
     if options.command == "bench":
         from .bench import run_bench
 
@@ -92,31 +122,53 @@ def main(argv: list[str] | None = None) -> int:
     return USAGE
 
 
+def check_command(options) -> int:
+    """``fastgrad check``: the verdict's status, or USAGE with one line on stderr for any
+    error before the verdict (the model file's, an option's, the loss's or grad's)."""
+    try:
+        return run_check(options)
+    except KeyboardInterrupt:
+        print("fastgrad: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:  # noqa: BLE001 -- every failure is one line and USAGE
+        if options.traceback:
+            _print_traceback(error)
+        print(f"fastgrad: {_describe(error, options.traceback)}", file=sys.stderr)
+        return USAGE
+
+
 def run_check(options) -> int:
     """Load the model file, check it, print the report; return the exit status."""
     from .api import check
     from .parameters import ParameterLayout
     from .progress import ProgressBar
 
-    model = load_model(options.file)
-    progress = None
-    if options.progress or (sys.stderr.isatty() and not options.json):
-        layout, _ = ParameterLayout.from_theta(model["theta"])
-        total = layout.size if options.sample is None and options.detect is None \
-            and options.directions is None else _expected(layout, options)
-        progress = ProgressBar(total)
-    try:
-        report = check(model["loss"], model["grad"], model["theta"], model.get("args", ()),
-                       method=options.method, eps=options.eps, workers=options.workers,
-                       sample=options.sample, detect=options.detect,
-                       directions=options.directions, seed=options.seed, progress=progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    if options.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report)
+    with _model_folder_on_path(options.file):
+        model = load_model(options.file)
+        progress = None
+        if options.progress or (sys.stderr.isatty() and not options.json):
+            layout, _ = ParameterLayout.from_theta(model["theta"])
+            total = layout.size if options.sample is None and options.detect is None \
+                and options.directions is None else _expected(layout, options)
+            progress = ProgressBar(total)
+        try:
+            with warnings.catch_warnings():
+                # Complex points reach a loss that may drop the imaginary part (float()):
+                # the check says so in its own error, without NumPy's warning lines.
+                warnings.simplefilter("ignore", ComplexWarning)
+                report = check(model["loss"], model["grad"], model["theta"], model.get("args", ()),
+                               method=options.method, eps=options.eps, workers=options.workers,
+                               sample=options.sample, detect=options.detect,
+                               directions=options.directions, seed=options.seed,
+                               progress=progress)
+        except SystemExit as error:
+            raise UsageError(f"the loss or grad called sys.exit({error.code!r})") from error
+        finally:
+            if progress is not None:
+                progress.close()
+    text = json.dumps(report.to_dict(), indent=2, allow_nan=False) if options.json \
+        else report.format(command_line=True)
+    _emit(text)
     if report.verdict == "fail" or (options.strict and report.verdict == "warn"):
         return FAILED
     return PASSED
@@ -124,14 +176,18 @@ def run_check(options) -> int:
 
 def load_model(path: str) -> dict:
     """Run the file and return its names; loss, grad and theta must be among them."""
+    if not os.path.isfile(path):
+        raise UsageError(f"no such file: {path}")
     try:
         namespace = runpy.run_path(path, run_name="fastgrad_model")
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
     except SyntaxError as error:
-        raise UsageError(f"{path} has a syntax error at line {error.lineno}: {error.msg}") from None
+        raise UsageError(f"{error.filename or path} has a syntax error at line {error.lineno}: "
+                         f"{error.msg}") from error
+    except SystemExit as error:
+        raise UsageError(f"{path} called sys.exit({error.code!r}) while loading; a model file "
+                         "defines loss, grad and theta without exiting") from error
     except Exception as error:  # noqa: BLE001 -- the model file's own failure, in one line
-        raise UsageError(f"{path} raised {type(error).__name__} while loading: {error}") from None
+        raise UsageError(f"{path} raised {_describe(error)} while loading") from error
     missing = [name for name in ("loss", "grad", "theta") if name not in namespace]
     if missing:
         raise UsageError(f"{path} does not define {', '.join(missing)} "
@@ -139,6 +195,69 @@ def load_model(path: str) -> dict:
     if "args" in namespace and not isinstance(namespace["args"], (tuple, list)):
         raise UsageError(f"{path}: args must be a tuple, got {type(namespace['args']).__name__}")
     return namespace
+
+
+@contextlib.contextmanager
+def _model_folder_on_path(path: str):
+    """The model file's folder first on sys.path, as ``python model.py`` puts it, while the
+    file loads and is checked (its loss may import a sibling lazily); afterwards sys.path
+    as it was, and the sibling modules it imported forgotten (a later model's differ)."""
+    folder = os.path.dirname(os.path.realpath(path))
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:
+            where = getattr(sys.modules[name], "__file__", None) or ""
+            if where.startswith(folder + os.sep):
+                del sys.modules[name]
+
+
+def _emit(text: str) -> None:
+    """Print ``text`` on stdout; a reader that left (``| head``) is not an error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+
+
+def _discard_stdout() -> None:
+    """Point stdout at devnull, so that the interpreter's last flush does not fail again
+    (the recipe of Python's signal module documentation, "Note on SIGPIPE")."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def _print_traceback(error: BaseException) -> None:
+    """The traceback of what failed: the model file's own error from its first frame in the
+    user's code (runpy's and fastgrad's frames dropped), else the error's own."""
+    cause = error.__cause__ if isinstance(error, UsageError) and error.__cause__ else error
+    frames = cause.__traceback__
+    while frames is not None and _is_ours(frames.tb_frame.f_code.co_filename):
+        frames = frames.tb_next
+    traceback.print_exception(type(cause), cause, frames or cause.__traceback__, file=sys.stderr)
+
+
+def _is_ours(filename: str) -> bool:
+    """A frame of fastgrad's command line or of runpy, which stand before the user's code."""
+    return filename in (__file__, runpy.__file__) or filename.startswith("<frozen runpy")
+
+
+def _describe(error: BaseException, traceback_shown: bool = True) -> str:
+    """One line: fastgrad's own message, or the type and message of anything else; where
+    the user's code failed, a pointer to --traceback unless it is shown."""
+    ours = isinstance(error, (UsageError, GradientCheckError))
+    text = _one_line(error) if ours else f"{type(error).__name__}: {_one_line(error)}"
+    users = not ours or error.__cause__ is not None
+    return text + (" (--traceback shows where)" if users and not traceback_shown else "")
 
 
 def _expected(layout, options) -> int:
@@ -160,6 +279,27 @@ def _sample(text: str):
         raise argparse.ArgumentTypeError(f"not an int or a fraction: {text!r}") from None
 
 
+def _seed(text: str) -> int:
+    """A seed of NumPy's SeedSequence: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
 def _detect(text: str) -> tuple[float, float]:
     try:
         fraction, alpha = (float(part) for part in text.split(","))
@@ -169,8 +309,13 @@ def _detect(text: str) -> tuple[float, float]:
     return fraction, alpha
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
+def _one_line(error: BaseException) -> str:
+    """The message on one line; an exception whose str() raises is named by its type."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 -- the user's __str__ failed: say what we know
+        text = f"<{type(error).__name__} whose message cannot be printed>"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

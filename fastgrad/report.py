@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 
@@ -13,7 +14,7 @@ from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
 from .directions import DirectionResult
 from .noise import STEP_TOO_SMALL
 from .parameters import ParameterLayout, format_label
-from .sampling import Coverage
+from .sampling import Coverage, GroupCoverage
 
 #: How many of the worst coordinates a report lists.
 WORST_SHOWN = 10
@@ -152,12 +153,15 @@ class Report:
         return seed_band(self.relative_error)
 
     def to_dict(self) -> dict:
-        """Everything but the full gradients, in JSON-serialisable types."""
+        """Everything but the full gradients, in strict JSON types: ``json.dumps(...,
+        allow_nan=False)`` accepts it.  A non-finite figure (NaN, ±inf) becomes None, and
+        ``"non_finite"`` maps its path (``"noise"``, ``"groups[0].max_score"``) to what it
+        was (``"nan"``, ``"inf"`` or ``"-inf"``); it is empty when every figure is finite."""
         structured = ("details", "notes", "coverage", "directions", "localisation", "jittered")
         scalars = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in structured}
-        return {
+        non_finite: dict[str, str] = {}
+        data = _strict_json({
             **scalars,
-            "seed": None if self.seed is None else str(self.seed),
             "passed": self.passed,
             "band": self.band,
             "groups": [g.to_dict() for g in self.groups],
@@ -167,14 +171,40 @@ class Report:
             "directions": [d.to_dict() for d in self.directions],
             "localisation": self.localisation,
             "jittered": None if self.jittered is None else self.jittered.to_dict(),
-        }
+        }, "", non_finite)
+        return {**data, "non_finite": non_finite}
+
+    def format(self, *, command_line: bool = False) -> str:
+        """The report as text; ``command_line``: options named as ``fastgrad check`` spells
+        them (``--seed``) rather than as :func:`fastgrad.check` does (``seed=``)."""
+        return format_report(self, command_line=command_line)
 
     def __str__(self) -> str:
-        return format_report(self)
+        return self.format()
 
 
-def format_report(report: Report) -> str:
-    """The report as a few aligned blocks of plain text."""
+def _strict_json(value, path: str, non_finite: dict[str, str]):
+    """``value`` with Python/NumPy scalars as JSON types and each non-finite float as None,
+    its path and value recorded in ``non_finite``."""
+    if isinstance(value, dict):
+        return {key: _strict_json(item, f"{path}.{key}" if path else str(key), non_finite)
+                for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item, f"{path}[{i}]", non_finite) for i, item in enumerate(value)]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if math.isfinite(value):
+            return float(value)
+        non_finite[path] = repr(float(value))
+        return None
+    return value
+
+
+def format_report(report: Report, *, command_line: bool = False) -> str:
+    """The report as a few aligned blocks of plain text (see :meth:`Report.format`)."""
     headline = {
         "pass": "PASS  the analytic gradient agrees with the finite differences",
         "warn": "WARN  no coordinate disagrees, but the check is not conclusive",
@@ -185,25 +215,15 @@ def format_report(report: Report) -> str:
         headline,
         f"relative error  {report.relative_error:.3e}  ({report.band}: <= {CORRECT_BELOW:g} "
         f"correct, > {WRONG_ABOVE:g} wrong)",
-        f"checked         {report.checked:,} of {report.size:,} coordinates, "
-        f"{report.evaluations:,} loss evaluations, {report.seconds:.2f} s "
-        f"({report.engine}, {report.workers} worker{'s' if report.workers != 1 else ''}, "
-        f"{report.dtype})",
-        f"method          {report.method}, h = {report.relative_step:.2e} * max(1, |theta_i|); "
-        f"loss noise "
-        f"{report.noise:.2e}{'' if report.noise_detected else ' (not measured: bound used)'}; "
-        f"allowed |D - g| = {report.multiplier:.1f} * rounding + truncation",
+        _checked_line(report),
+        _method_line(report),
     ]
     if (report.coverage is not None or report.directions) and report.seed is not None:
-        lines.append(f"seed            {report.seed} (pass seed= to repeat this sample)")
+        lines.append(_seed_line(report, command_line))
     if report.coverage is not None:
-        lines += report.coverage.lines()
+        lines += coverage_lines(report.coverage)
     if report.directions:
-        failed = sum(d.failed for d in report.directions)
-        lines.append(f"directions      {failed} of {len(report.directions)} random directions "
-                     f"disagree (h = {report.directions[0].step:.2e} * max(1, |theta_i|) * z_i); "
-                     f"a single coordinate off by |delta| >= {report.sensitivity:.2e} "
-                     f"/ max(1, |theta_i|) is caught w.p. >= 95%")
+        lines.append(_directions_line(report))
     if report.localisation is not None:
         found = report.localisation
         named = ", ".join(found["coordinates"] + [f"{g} (dense)" for g in found["dense"]])
@@ -217,6 +237,96 @@ def format_report(report: Report) -> str:
         lines += _coordinate_tables(report)
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def _directions_only(report: Report) -> bool:
+    """Random directions without a coordinate plan (coordinates checked one by one, if
+    any, are those a localisation confirmed)."""
+    return bool(report.directions) and report.coverage is None
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _checked_line(report: Report) -> str:
+    if _directions_only(report):
+        what = (f"{_plural(len(report.directions), 'random direction')} through all "
+                f"{report.size:,} coordinates, "
+                + (f"then {_plural(report.checked, 'coordinate')} one by one"
+                   if report.checked else "no coordinate one by one"))
+    else:
+        what = f"{report.checked:,} of {report.size:,} coordinates"
+    return (f"checked         {what}, {report.evaluations:,} loss evaluations, "
+            f"{report.seconds:.2f} s ({report.engine}, {_plural(report.workers, 'worker')}, "
+            f"{report.dtype})")
+
+
+def _method_line(report: Report) -> str:
+    noise = (f"loss noise {report.noise:.2e}"
+             f"{'' if report.noise_detected else ' (not measured: bound used)'}")
+    if _directions_only(report):  # directions.py differences centrally, at its own steps
+        return f"method          central differences along each direction (steps below); {noise}"
+    return (f"method          {report.method}, h = {report.relative_step:.2e} * max(1, |theta_i|); "
+            f"{noise}; allowed |D - g| = {report.multiplier:.1f} * rounding + truncation")
+
+
+def _seed_line(report: Report, command_line: bool) -> str:
+    drawn = [what for what, used in (("sample", report.coverage is not None),
+                                     ("directions", bool(report.directions))) if used]
+    option = f"--seed {report.seed}" if command_line else f"seed={report.seed}"
+    return f"seed            {report.seed} ({option} repeats the {' and '.join(drawn)})"
+
+
+def _directions_line(report: Report) -> str:
+    """What the directional tests did: how many disagree, their steps and evaluations, and
+    the single-coordinate error they catch."""
+    directions = report.directions
+    failed = sum(d.failed for d in directions)
+    steps = sorted({d.step for d in directions})
+    step = f"{steps[0]:.2e}" if len(steps) == 1 else f"{steps[0]:.2e} to {steps[-1]:.2e}"
+    refined = sum(d.evaluations > 2 for d in directions)
+    return (f"directions      {failed} of {_plural(len(directions), 'random direction')} "
+            f"disagree ({sum(d.evaluations for d in directions):,} loss evaluations, "
+            f"h = {step} * max(1, |theta_i|) * z_i"
+            f"{f'; {refined} refined at 2h or a balanced step' if refined else ''}); "
+            f"a single coordinate off by |delta| >= {report.sensitivity:.2e} "
+            f"/ max(1, |theta_i|) is caught w.p. >= 95%")
+
+
+def coverage_lines(coverage: Coverage) -> list[str]:
+    """What a sample vouches for: overall, then per group; one line for one group.
+
+    A guarantee names at most the coordinates there are: a bug touching all N of them
+    is caught with certainty once every group is sampled, so min(K, N) is as true as K.
+    """
+    size = sum(g.size for g in coverage.groups)
+    confidence = f"{1 - coverage.alpha:.0%}"
+    head = f"sampled         {coverage.sampled:,} of {size:,} coordinates: "
+    if len(coverage.groups) == 1:
+        return [head + _group_guarantee(coverage.groups[0], "them", confidence)]
+    if coverage.caught_from is None:
+        overall = "a group is not sampled: a bug confined to it cannot be caught"
+    else:
+        overall = (f"a bug touching at least {_share(min(coverage.caught_from, size), size)} "
+                   f"of them is caught with probability >= {confidence}")
+    return [head + overall] + [f"  {g.name}: {g.sampled:,} of {g.size:,}, "
+                               f"{_group_guarantee(g, 'it', confidence)}"
+                               for g in coverage.groups]
+
+
+def _group_guarantee(group: GroupCoverage, pronoun: str, confidence: str) -> str:
+    if group.sampled == 0:
+        return "not sampled"
+    if group.sampled == group.size:
+        return "checked whole"
+    caught = min(group.caught_from, group.size)
+    return (f"a bug touching >= {_share(caught, group.size)} of {pronoun} is caught "
+            f"w.p. >= {confidence}")
+
+
+def _share(count: int, size: int) -> str:
+    return f"{count:,} ({count / size:.2%})"
 
 
 def _coordinate_tables(report: Report) -> list[str]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 
 import numpy as np
 import pytest
 
 import fastgrad as fg
+from fastgrad.directions import DirectionResult
 from fastgrad.models import mlp
 
 # W2 has shape (5, 18), so that W2[3, 17] exists: n = 3*5 + 5 + 5*18 + 18 = 128
@@ -84,6 +87,93 @@ def test_to_dict_survives_json(planted):
     assert back["groups"][2]["verdict"] == "fail"
     assert back["worst"][0]["label"] == "W2[3, 17]"
     assert back["worst"][0]["index"] == [3, 17]
+
+
+def test_to_dict_is_strict_json_and_names_what_was_not_finite(planted):
+    """json.dumps(allow_nan=False) accepts every report; a NaN or inf becomes None, and
+    "non_finite" names where it was and what it was."""
+    assert planted.to_dict()["non_finite"] == {}
+    json.dumps(planted.to_dict(), allow_nan=False)
+    infinite = DirectionResult("direction 1", math.inf, 1.0, 1e-9, math.inf, 2)
+    broken = dataclasses.replace(planted, relative_error=math.nan, noise=math.inf,
+                                 sensitivity=-math.inf, directions=[infinite])
+    data = json.loads(json.dumps(broken.to_dict(), allow_nan=False))
+    assert data["non_finite"] == {"relative_error": "nan", "noise": "inf", "sensitivity": "-inf",
+                                  "directions[0].numerical": "inf", "directions[0].score": "inf"}
+    assert data["relative_error"] is data["noise"] is data["sensitivity"] is None
+    assert data["directions"][0]["numerical"] is None and data["directions"][0]["analytic"] == 1.0
+    assert data["worst"] == json.loads(json.dumps(planted.to_dict()))["worst"]
+
+
+def test_to_dict_seed_is_an_integer(wide):
+    problem, args, grad = wide
+    given = fg.check(mlp.loss, grad, problem.params, args, sample=5, seed=11).to_dict()
+    assert given["seed"] == 11 and isinstance(given["seed"], int)
+    drawn = fg.check(mlp.loss, grad, problem.params, args, sample=5)
+    assert drawn.to_dict()["seed"] == drawn.seed and isinstance(drawn.to_dict()["seed"], int)
+
+
+def test_to_dict_of_a_huge_loss_is_strict_json():
+    """|f| ~ 1e200: whatever the figures (issue 10, item 1), the dict is strict JSON."""
+    x = np.linspace(0.1, 1.0, 20)
+    report = fg.check(lambda t: 1e200 * float(np.sum(np.sin(t))), 1e200 * np.cos(x), x)
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    for path, value in data["non_finite"].items():
+        assert value in ("nan", "inf", "-inf") and path.split(".")[0].split("[")[0] in data
+
+
+# ----------------------------------------------------------------- what the text states
+def _percentages(text: str) -> list[float]:
+    return [float(p) for p in re.findall(r"\((\d+(?:\.\d+)?)%\)", text)]
+
+
+def test_directions_only_text_states_the_directions_their_steps_and_evaluations(wide):
+    problem, args, grad = wide
+    report = fg.check(mlp.loss, grad, problem.params, args, directions=3, seed=2)
+    text = str(report)
+    assert report.checked == 0 and report.coverage is None
+    assert "0 of" not in text.splitlines()[2]
+    assert f"checked         3 random directions through all {problem.n:,} coordinates" in text
+    method = next(line for line in text.splitlines() if line.startswith("method"))
+    assert f"{report.relative_step:.2e}" not in method  # no coordinate was differenced
+    assert "along each direction" in method
+    directions = next(line for line in text.splitlines() if line.startswith("directions"))
+    steps = sorted({d.step for d in report.directions})
+    assert f"h = {steps[0]:.2e}" in directions and f"{steps[-1]:.2e} *" in directions
+    assert f"({sum(d.evaluations for d in report.directions):,} loss evaluations" in directions
+
+
+def test_seed_line_is_true_whether_the_seed_was_given_or_drawn(wide):
+    problem, args, grad = wide
+    given = fg.check(mlp.loss, grad, problem.params, args, sample=5, seed=5)
+    drawn = fg.check(mlp.loss, grad, problem.params, args, sample=5, directions=1)
+    for report, what in ((given, "the sample"), (drawn, "the sample and directions")):
+        seed_line = next(line for line in str(report).splitlines() if line.startswith("seed"))
+        assert seed_line == f"seed            {report.seed} (seed={report.seed} repeats {what})"
+        cli_line = next(line for line in report.format(command_line=True).splitlines()
+                        if line.startswith("seed"))
+        assert cli_line == f"seed            {report.seed} (--seed {report.seed} repeats {what})"
+
+
+def test_one_group_states_its_guarantee_once():
+    x = np.linspace(0.1, 1.0, 2000)
+    report = fg.check(lambda t: float(np.sum(np.sin(t))), np.cos(x), x, detect=(0.01, 0.05), seed=0)
+    text = str(report)
+    guarantees = [line for line in text.splitlines() if "a bug touching" in line]
+    assert len(guarantees) == 1
+    group = report.coverage.groups[0]
+    assert f">= {group.caught_from:,} ({group.caught_fraction:.2%}) of them" in guarantees[0]
+
+
+@pytest.mark.parametrize("sample", [1, 2, 3])
+def test_a_guarantee_never_names_more_coordinates_than_there_are(sample, wide):
+    x = np.linspace(0.1, 1.0, 4)
+    one_group = fg.check(lambda t: float(np.sum(np.sin(t))), np.cos(x), x, sample=sample, seed=1)
+    problem, args, grad = wide
+    groups = fg.check(mlp.loss, grad, problem.params, args, sample=len(mlp.KEYS) * sample, seed=1)
+    for report in (one_group, groups):
+        text = str(report)
+        assert "a bug touching" in text and max(_percentages(text)) <= 100.0, text
 
 
 def test_numerical_has_thetas_structure_and_equals_numerical_gradient(wide):
