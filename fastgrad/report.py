@@ -14,7 +14,7 @@ from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
 from .directions import DirectionResult
 from .noise import STEP_TOO_SMALL
 from .parameters import ParameterLayout, format_label
-from .sampling import Coverage, GroupCoverage
+from .sampling import FLOOR, Coverage, GroupCoverage
 
 #: How many of the worst coordinates a report lists.
 WORST_SHOWN = 10
@@ -303,8 +303,11 @@ def coverage_lines(coverage: Coverage) -> list[str]:
     size = sum(g.size for g in coverage.groups)
     confidence = f"{1 - coverage.alpha:.0%}"
     head = f"sampled         {coverage.sampled:,} of {size:,} coordinates: "
+    raised = ([] if coverage.floor_raised_from is None else
+              [f"  (sample= asked for {coverage.floor_raised_from:,}: raised to "
+               f"{coverage.sampled:,} by the floor of min(group size, {FLOOR}) per group)"])
     if len(coverage.groups) == 1:
-        return [head + _group_guarantee(coverage.groups[0], "them", confidence)]
+        return [head + _group_guarantee(coverage.groups[0], "them", confidence)] + raised
     if coverage.caught_from is None:
         overall = "a group is not sampled: a bug confined to it cannot be caught"
     else:
@@ -312,7 +315,7 @@ def coverage_lines(coverage: Coverage) -> list[str]:
                    f"of them is caught with probability >= {confidence}")
     return [head + overall] + [f"  {g.name}: {g.sampled:,} of {g.size:,}, "
                                f"{_group_guarantee(g, 'it', confidence)}"
-                               for g in coverage.groups]
+                               for g in coverage.groups] + raised
 
 
 def _group_guarantee(group: GroupCoverage, pronoun: str, confidence: str) -> str:
