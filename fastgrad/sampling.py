@@ -301,10 +301,6 @@ def _budget(sample, size: int) -> int:
 
 
 def _check_detect(detect) -> tuple[float, float]:
-    try:
-        fraction, alpha = (float(v) for v in detect)
-    except (TypeError, ValueError):
-        raise InputError(f"detect must be a pair (p, alpha), got {detect!r}") from None
-    if not (0.0 < fraction <= 1.0 and 0.0 < alpha < 1.0):
-        raise InputError(f"detect=(p, alpha) needs 0 < p <= 1 and 0 < alpha < 1, got {detect!r}")
-    return fraction, alpha
+    from ._validation import detect as validated_detect
+
+    return validated_detect(detect)
