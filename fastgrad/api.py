@@ -255,7 +255,8 @@ def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central
     "central" is (f(θ+h·e_i) − f(θ−h·e_i)) / 2h for every coordinate, as in the
     classic recipe; no error estimate or second step is involved.
     """
-    args = _as_args(args)
+    args = validate.args(args)
+    dtype = validate.dtype(dtype)
     method = check_method(method)
     eps = None if eps is None else check_eps(eps)
     layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
@@ -276,14 +277,6 @@ def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central
 
 
 # ---------------------------------------------------------------------- stages
-def _as_args(args) -> tuple:
-    if isinstance(args, tuple):
-        return args
-    if isinstance(args, list):
-        return tuple(args)
-    raise InputError(f"args must be a tuple of extra loss arguments, got {type(args).__name__}")
-
-
 def _analytic_gradient(grad, theta_flat: np.ndarray, layout: ParameterLayout,
                        args: tuple) -> tuple[np.ndarray, float]:
     """The analytic gradient as a flat float64 vector, validated against theta, and the

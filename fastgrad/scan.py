@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import analysis
-from .api import _analytic_gradient, _as_args, _complex_engine
+from . import _validation as validate
+from .api import _analytic_gradient, _complex_engine
 from .derivatives import (
     analysis_offsets,
     central,
@@ -78,7 +79,7 @@ def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
     accepts complex input, else "central4" at its default step.  Costs
     len(steps)·len(coords)·(2 or 4) loss evaluations.
     """
-    args = _as_args(args)
+    args = validate.args(args)
     method = check_method(method)
     if method == "complex":
         raise InputError("step_scan compares finite differences: method must be 'central' or "
