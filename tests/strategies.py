@@ -252,7 +252,9 @@ def counted(loss) -> Counted:
     return Counted(loss, [])
 
 
-SEEDS = st.one_of(st.none(), st.integers(0, 2**64), st.integers(0, 2**31).map(np.int64))
+#: Seeds as a Python int (up to 128 bits) or a NumPy integer. Never None (fresh entropy): an
+#: example must repeat itself for hypothesis to shrink it.
+SEEDS = st.one_of(st.integers(0, 2**128), st.integers(0, 2**31).map(np.int64))
 
 
 @st.composite
@@ -264,14 +266,18 @@ def check_options(draw, problem: Problem):
     method = draw(st.sampled_from(("central", "central4", "complex")))
     if method != "central":
         options["method"] = method
-    if method != "complex" and draw(st.booleans()):  # a step 1/4 to 4 times the default one
-        working = "float32" if problem.spec.float32 else "float64"
-        default = (float(np.cbrt(np.finfo(working).eps)) if method == "central"
-                   else float(np.finfo(working).eps) ** 0.2)
-        options["eps"] = default * draw(st.sampled_from((0.25, 0.5, 2.0, 4.0)))
     dtype = draw(st.sampled_from((None, "float64", np.float64)))
     if dtype is not None:
         options["dtype"] = dtype
+    # A step 1/4 to 4 times the default one, in float64: the rounding error σ/h (σ ≈ 1e-16·|f|)
+    # then stays far below a planted 5e-3. In float32 the noise seen through θ's rounding is
+    # σ ≈ 1e-6, and σ/h at a quarter of the default step is already of the planted error's
+    # size: a check may then rightly call it inconclusive, so float32 keeps the default step.
+    if method != "complex" and (dtype is not None or not problem.spec.float32) \
+            and draw(st.booleans()):
+        default = (float(np.cbrt(np.finfo(np.float64).eps)) if method == "central"
+                   else float(np.finfo(np.float64).eps) ** 0.2)
+        options["eps"] = default * draw(st.sampled_from((0.25, 0.5, 2.0, 4.0)))
     workers = draw(st.sampled_from((None, 1, 2)))
     if workers is not None:
         options["workers"] = workers
@@ -293,9 +299,7 @@ def check_options(draw, problem: Problem):
     if directions is not None:
         options["directions"] = directions
     if "sample" in options or "detect" in options or directions:
-        seed = draw(SEEDS)
-        if seed is not None:
-            options["seed"] = seed
+        options["seed"] = draw(SEEDS)
     if draw(st.booleans()):  # progress=True: see test_progress_true_is_a_progress_bar
         options["progress"] = ProgressRecord()
     return options
