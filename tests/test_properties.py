@@ -30,7 +30,7 @@ import threading
 import numpy as np
 import pytest
 import threadpoolctl
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import (
     SEEDS,
@@ -165,6 +165,30 @@ def test_every_valid_option_of_check(problem, data):
     progress = options.get("progress")
     if isinstance(progress, ProgressRecord):  # counted twice: both checks
         assert progress.evaluations <= report.evaluations + failed.evaluations
+
+
+@example(problem=Problem(ThetaSpec((GroupSpec("W", (1, 4), "float32"),), False, 1)),
+         method="complex", dtype="float64", directions=1, seed=6, bug=0)
+@example(problem=Problem(ThetaSpec((GroupSpec("W", (34,), "float64"), GroupSpec("b", (1,), "float32"),
+                                    GroupSpec("W2", (4,), "float32"), GroupSpec("b2", (3,), "float32"),
+                                    GroupSpec("lr", (3,), "float32"),
+                                    GroupSpec("gamma", (4,), "float32")), True, 40), "numba"),
+         method="central", dtype=None, directions=1, seed=232, bug=0)
+@given(problem=problems(), method=st.sampled_from(("central", "central4", "complex")),
+       dtype=st.sampled_from((None, "float64")), directions=st.integers(1, 3), seed=SEEDS,
+       bug=st.integers(0, 10**6))
+def test_directions_alone_name_the_coordinate_of_an_error_they_catch(problem, method, dtype,
+                                                                       directions, seed, bug):
+    """A failing direction is localised by group testing: a single wrong coordinate, caught,
+    is named (not "dense", not nothing)."""
+    theta, args = problem.spec.build(), problem.args()
+    bug %= problem.spec.size
+    failed = fg.check(problem.loss, problem.gradient(theta, bug), theta, args, method=method,
+                      dtype=dtype, directions=directions, seed=seed)
+    strict_json(failed)
+    if caught_by_directions(failed, problem, theta, bug):
+        assert failed.verdict == "fail", str(failed)
+        assert failing_labels(failed) == {problem.spec.labels()[bug]}, f"not localised:\n{failed}"
 
 
 def numerical_tolerance(problem: Problem, theta, relative_step: float, working) -> np.ndarray:
