@@ -21,7 +21,12 @@ One test costs 2 evaluations.  From the Gaussian tests, which measured the
 rounding r and the truncation T of their differences, the localising tests take
 the step h* that balances the two (:func:`balanced_step`) and predict their own
 truncation as c·h*²·‖v‖ (:func:`truncation_coefficient`); only a residual within
-a margin of that prediction is settled by a second step.
+a margin of that prediction is settled by a second step.  The prediction can be
+far too small (the Gaussian direction's third derivative may nearly cancel, a
+half's need not), so no conclusion rests on it alone: "dense" needs both halves
+to fail again when settled at the second step (their truncation measured), and a
+descent whose coordinate the check does not confirm is run again with every
+failing test settled so.  Both cost evaluations only when a prediction misled.
 First over the groups, then within the group.  A group both of whose halves fail
 holds a dense error and is named as a whole; otherwise the descent ends on one
 coordinate, which a coordinate check confirms.  Then the set without what was
@@ -120,11 +125,12 @@ class DirectionalTester:
     """Directional tests of the analytic gradient at θ, sharing the loss's noise estimate."""
 
     def __init__(self, run: Engine, theta: np.ndarray, analytic: np.ndarray, noise_references,
-                 relative_step: float, multiplier: float):
+                 relative_step: float, values_dtype: np.dtype, multiplier: float):
         self.run = run
         self.theta = theta
         self.analytic = analytic
         self.noise_references = noise_references  # (σ, f) pairs: see analysis.evaluation_noise
+        self.values_dtype = values_dtype  # precision of f's values: see NoiseEstimate
         self.step = relative_step
         self.multiplier = multiplier
         self.base = theta.astype(np.float64, copy=False)
@@ -169,7 +175,8 @@ class DirectionalTester:
         pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.shape[1], 2)) + 1.0)
         results = []
         for (f_plus, f_minus), a, size, shifted in zip(values, analytic, magnitude, moved):
-            noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus, dtype)
+            noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus,
+                                              self.values_dtype)
             rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
             rounding += pairwise * size / (2.0 * step)
             results.append(((f_plus - f_minus) / (2.0 * step), a, rounding, shifted))
@@ -209,6 +216,7 @@ class DirectionalTester:
     def with_step(self, step: float) -> DirectionalTester:
         """The same tester at another relative step."""
         return DirectionalTester(self.run, self.theta, self.analytic, self.noise_references, step,
+                                 self.values_dtype,
                                  self.multiplier)
 
     def sensitivity(self, results: list[DirectionResult], alpha: float = ALPHA) -> float:
@@ -254,9 +262,13 @@ class Localiser:
         self.budget = budget
         self.found = Localisation()
         self.excluded = np.zeros(layout.size, dtype=bool)
+        self.careful = False  # settle every failing test at a second step (see fails)
 
-    def fails(self, ranges: list[tuple[int, int]]) -> bool:
-        """Test a localising direction supported on ``ranges``, minus what was found."""
+    def fails(self, ranges: list[tuple[int, int]], settle: bool = False) -> bool:
+        """Test a localising direction supported on ``ranges``, minus what was found.
+
+        A disagreement beyond the predicted truncation fails at once, unless ``settle``
+        (or :attr:`careful`): then it is judged again at 2h with its truncation measured."""
         support = np.zeros(self.layout.size, dtype=bool)
         for start, stop in ranges:
             support[start:stop] = True
@@ -265,7 +277,8 @@ class Localiser:
             return False
         direction = self.tester.localising(self.rng, support)
         predicted = self.coefficient * self.tester.step ** 2 * np.linalg.norm(direction)
-        result = self.tester.test(direction, "localising", predicted)
+        result = self.tester.test(direction, "localising",
+                                  None if settle or self.careful else predicted)
         self.found.evaluations += result.evaluations
         # A test whose step moved nothing cannot clear anything.
         self.found.reproduced |= result.failed or not result.moved
@@ -293,7 +306,17 @@ class Localiser:
         return self.found
 
     def _find_one(self, live: list[tuple[int, int]]) -> tuple[int, int] | None:
-        """A failing coordinate (start, start + 1), a dense group's range, or None."""
+        """A failing coordinate (start, start + 1), a dense group's range, or None; a
+        descent that ends on nothing is run again with every failing test settled."""
+        found = self._descend(live)
+        if found is None and not self.careful and self.found.evaluations < self.budget:
+            self.careful = True  # a predicted truncation may have misled the descent
+            found = self._descend(live)
+        return found
+
+    def _descend(self, live: list[tuple[int, int]]) -> tuple[int, int] | None:
+        """Over the groups, then halving within one, to a confirmed coordinate or a group
+        both of whose halves fail."""
         current = live
         while len(current) > 1:  # over the groups
             first, second = _split_ranges(current)
@@ -302,6 +325,9 @@ class Localiser:
         if stop - start > 1:  # is the error dense in this group?
             left, right = _halves(start, stop)
             left_fails, right_fails = self.fails([left]), self.fails([right])
+            if left_fails and right_fails and not self.careful:  # settled, both again?
+                left_fails, right_fails = (self.fails([left], settle=True),
+                                           self.fails([right], settle=True))
             if left_fails and right_fails:
                 return start, stop
             if not (left_fails or right_fails):
