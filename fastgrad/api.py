@@ -7,8 +7,10 @@ engine (:mod:`.engine`) → analysis (:mod:`.analysis`, :mod:`.noise`) → repor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -255,14 +257,14 @@ def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central
     "central" is (f(θ+h·e_i) − f(θ−h·e_i)) / 2h for every coordinate, as in the
     classic recipe; no error estimate or second step is involved.
     """
-    args = validate.args(args)
-    dtype = validate.dtype(dtype)
-    method = check_method(method)
-    eps = None if eps is None else check_eps(eps)
-    layout, theta_flat = ParameterLayout.from_theta(theta, dtype)
+    options = validate.check_options(loss, args=args, method=method, eps=eps, dtype=dtype,
+                                     workers=workers, engine=engine)
+    args, method, eps = options.args, options.method, options.eps
+    layout, theta_flat = ParameterLayout.from_theta(theta, options.dtype)
+    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
+    require_representable_steps(theta_flat, relative_step, layout.label)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     f0 = run.at(theta_flat)  # a clear error before the kernels run, if the loss is unusable
-    relative_step = default_relative_step(method, layout.dtype) if eps is None else eps
     plan = Plan.for_coords(theta_flat, np.arange(layout.size, dtype=np.int64), relative_step)
     if method == "complex":
         sigma = float(np.finfo(layout.dtype).eps) * abs(f0)  # rounding of f at best
@@ -314,7 +316,7 @@ def _context(run: Engine, method: str, theta: np.ndarray, analytic: np.ndarray,
         complex_run = _complex_engine(loss, theta, args, layout, engine, workers, progress,
                                       noise.f0, noise.sigma)
     return Context(run, theta, analytic, noise.sigma, noise.f0, layout.dtype, analytic_eps,
-                   float(np.abs(analytic).max()), complex_run)
+                   float(np.abs(analytic).max()), complex_run, values_dtype=noise.values_dtype)
 
 
 def _complex_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout, engine: str,
@@ -332,7 +334,8 @@ def _complex_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayou
     direction = np.random.default_rng(NOISE_SEED).standard_normal(theta.size)
     tiny = default_relative_step("complex", theta.dtype)
     try:
-        value = run.at(theta + 1j * tiny * direction, "at a complex point", complex_ok=True)
+        with _quiet_complex_casts():
+            value = run.at(theta + 1j * tiny * direction, "at a complex point", complex_ok=True)
     except (InputError, LossError) as error:
         raise InputError(f"method='complex' needs a loss that accepts complex input, and this "
                          f"one does not ({error}); {advice}") from error
@@ -345,8 +348,9 @@ def _complex_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayou
     step = default_relative_step("central", theta.dtype)
     differences = []
     for multiple in (1.0, 2.0):
-        plus = run.at(theta + multiple * step * direction, complex_ok=True).real
-        minus = run.at(theta - multiple * step * direction, complex_ok=True).real
+        with _quiet_complex_casts():
+            plus = run.at(theta + multiple * step * direction, complex_ok=True).real
+            minus = run.at(theta - multiple * step * direction, complex_ok=True).real
         differences.append((plus - minus) / (2.0 * multiple * step))
     real = analysis.richardson(*differences)
     imaginary = value.imag / tiny
@@ -362,6 +366,15 @@ def _complex_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayou
                          f"conversion to float): along a test direction the complex step gives "
                          f"{imaginary:.6g} but the central difference {real:.6g}; {advice}")
     return run
+
+
+@contextlib.contextmanager
+def _quiet_complex_casts():
+    """No ComplexWarning from the probe at a complex point: a loss that casts its input to
+    real (float()) is told so by the InputError that follows, in one message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", getattr(getattr(np, "exceptions", np), "ComplexWarning"))
+        yield
 
 
 def require_same(first: float, second: float, dtype, when: str) -> None:
@@ -423,6 +436,7 @@ def _directional(context: Context, layout: ParameterLayout, count: int,
     theta, run = context.theta, context.run
     step = directional_relative_step(theta.dtype) if eps is None else eps
     tester = DirectionalTester(run, theta, context.analytic, context.noise_references, step,
+                               context.values_dtype,
                                analysis.noise_multiplier(count))
     results = run_directions(tester, count, rng)
     checks = DirectionalChecks(results, tester.sensitivity(results))

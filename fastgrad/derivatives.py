@@ -79,6 +79,7 @@ class Context:
     analytic_eps: float  # machine epsilon of the analytic gradient's dtype
     analytic_scale: float  # max |g| over all coordinates
     complex_run: Engine | None = None  # evaluates at complex θ (method "complex")
+    values_dtype: np.dtype = np.dtype(np.float64)  # precision of f's values (NoiseEstimate)
     displaced: NoiseEstimate | None = None  # one step from θ (near a zero of f, or where σ
     # at θ is far above rounding)
 
@@ -122,7 +123,7 @@ def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):
 def rounding(context: Context, losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
     """r = √2·σ_i / (a₊ − a₋) for a central pair."""
     noise = analysis.evaluation_noise(context.noise_references, losses[:, 0], losses[:, 1],
-                                      context.dtype)
+                                      context.values_dtype)
     return analysis.rounding_std(noise, taken[:, 0], taken[:, 1])
 
 
@@ -251,7 +252,7 @@ def _rough(context: Context, plan: Plan, near: np.ndarray, multiplier: float) ->
     at_middle = twice_jump(small[:, 0], small[:, 1])
     at_smallest = twice_jump(small[:, 2], small[:, 3])
     noise = analysis.evaluation_noise(context.noise_references, small[:, 0], small[:, 1],
-                                      context.dtype)
+                                      context.values_dtype)
     return np.abs(at_middle - at_smallest) > multiplier * 2.0 * noise + np.abs(at_step - at_middle)
 
 
@@ -333,7 +334,8 @@ def _not_smooth(context: Context, f_plus, f_plus2, f_minus, f_minus2, step, mult
     """K = |S(2h)/2h − 2·S(h)/h| beyond its rounding (≈ 5σ/h, times z), with
     S(a) = f(θ+a) − 2f(θ) + f(θ−a): see :func:`_kinks`."""
     f0 = context.f0
-    sigma = analysis.evaluation_noise(context.noise_references, f_plus, f_minus, context.dtype)
+    sigma = analysis.evaluation_noise(context.noise_references, f_plus, f_minus,
+                                      context.values_dtype)
     near = (f_plus - f0) + (f_minus - f0)  # S(h) without 2f(θ), which overflows near 1e308
     far = (f_plus2 - f0) + (f_minus2 - f0)
     return np.abs(far / (2.0 * step) - 2.0 * near / step) > multiplier * 5.05 * sigma / step
@@ -372,7 +374,8 @@ def _kinks(context: Context, rows, g, plus, minus, numerical, error, kink, unres
     still_failing = np.abs(numerical[rows] - g) > error[rows]
     for f_near, f_far, offset in (plus, minus):
         value = one_sided(f0, f_near, f_far, offset)
-        noise = analysis.evaluation_noise(context.noise_references, f_near, f_far, context.dtype)
+        noise = analysis.evaluation_noise(context.noise_references, f_near, f_far,
+                                          context.values_dtype)
         allowed = multiplier * np.sqrt(26.0) * noise / (2.0 * np.abs(offset)) + allowance
         explained = still_failing & (np.abs(value - g) <= allowed)
         numerical[rows[explained]] = value[explained]

@@ -57,6 +57,8 @@ class NoiseEstimate:
     code : ECnoise's code of the last try (1 detected, 2 step too small, 3 step too large).
     detected : whether ECnoise detected the noise (code 1); if not, sigma is a fallback.
     step : relative step δ of the last try (the points are x + j·δ·p, see :func:`estimate_noise`).
+    values_dtype : the precision of the values f returns (:func:`values_dtype`); σ is at least
+        its u·|f0|.
     """
 
     sigma: float
@@ -65,6 +67,24 @@ class NoiseEstimate:
     code: int
     detected: bool
     step: float
+    values_dtype: np.dtype = np.dtype(np.float64)
+
+
+def values_dtype(values) -> np.dtype:
+    """float32 when every value is a float32 number (the loss rounds its result to float32),
+    else float64.
+
+    The floor of a loss's noise is the spacing of the numbers it returns, u·|f|, with u
+    of *their* precision, not θ's: a loss of float32 θ may compute in float64 (float64
+    data and weights, float64 sums) and return values far finer than float32's spacing,
+    and a loss of float64 θ may return float32.  A float64 result of float64 arithmetic
+    is a float32 number with probability about 2⁻²⁹ per value (its last 29 bits zero),
+    unless it is a small integer or a short binary fraction, where the float32 floor
+    errs large (a looser verdict, never a false alarm).
+    """
+    return np.dtype(np.float32) if all(
+        not math.isfinite(v) or float(np.float32(v)) == v for v in values
+    ) else np.dtype(np.float64)
 
 
 def noise_levels(fvals) -> tuple[np.ndarray, np.ndarray]:
@@ -342,12 +362,14 @@ def _ecnoise_along(line: Callable[[float], float], f0, dtype, step: float, nf: i
         raise LossError(f"f(x) = {f0} is not finite")
     evaluations = 1
     bounds = []
+    seen = [f0]  # every value, for the precision they are returned in
     factor, code, previous_code = STEP_FACTOR, None, None
     for _ in range(max_tries):
         if code is not None:
             step, factor = next_step(step, factor, code, previous_code)
             previous_code = code
         fvals = stencil_values(line, step, f0, nf)
+        seen.extend(fvals.tolist())
         evaluations += nf - 1
         sigma, code = ecnoise(fvals)
         if code == NOISE_DETECTED:
@@ -356,6 +378,7 @@ def _ecnoise_along(line: Callable[[float], float], f0, dtype, step: float, nf: i
             bounds.append(noise_bound(fvals))
     else:
         sigma = min(bounds, default=0.0)
-    floor = float(np.finfo(dtype).eps) * abs(f0)
+    returned = values_dtype(seen) if dtype == np.float32 else np.dtype(np.float64)
+    floor = float(np.finfo(returned).eps) * abs(f0)
     return NoiseEstimate(sigma=max(sigma, floor), f0=f0, evaluations=evaluations, code=code,
-                         detected=code == NOISE_DETECTED, step=step)
+                         detected=code == NOISE_DETECTED, step=step, values_dtype=returned)
