@@ -20,10 +20,12 @@ from fastgrad.models import mlp
 # Hypothesis profiles (tests/test_properties.py). "ci": the same examples on every run
 # (derandomize), a fixed count, no deadline (a first call compiles Numba kernels for seconds);
 # loaded when the CI environment variable is set. "dev", the default: fresh random examples on
-# each run, to keep finding new ones. HYPOTHESIS_PROFILE=name chooses one explicitly.
+# each run, to keep finding new ones. "thorough": 300 examples a test, for a long hunt.
+# HYPOTHESIS_PROFILE=name chooses one explicitly.
 settings.register_profile("ci", derandomize=True, max_examples=20, deadline=None,
                           print_blob=True)
 settings.register_profile("dev", max_examples=20, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 #: Small MLP sizes: n = d*h + h + h*c + c = 24 + 6 + 18 + 3 = 51 parameters.

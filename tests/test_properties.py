@@ -194,13 +194,16 @@ def test_directions_alone_name_the_coordinate_of_an_error_they_catch(problem, me
 def numerical_tolerance(problem: Problem, theta, relative_step: float, working) -> np.ndarray:
     """|D_i − g_i| bound for the central and 4-point differences of the sine problem (scale
     and unit 1): truncation h²·max|f'''| = h²·|w_i| (h_i = h0·max(1, |θ_i|)), the rounding of
-    f by 16·u·Σ|terms| over h, and the gradient's change |f''|·u_work·|θ_i| when theta is
-    rounded to the working dtype."""
+    f by 16·u·Σ|terms| over h, the rounding of sin(θ_i ± h_i), computed in the working dtype
+    (the loss receives it), by at most 2 ulp = 2·eps_work·|w_i| at each point, over 2h_i, and
+    the gradient's change |f''|·eps_work·|θ_i| when theta is rounded to the working dtype."""
     w, c = problem.data()
     x = flat_values(theta).astype(np.float64)
     h = relative_step * np.maximum(1.0, np.abs(x))
     terms = float(np.sum(np.abs(w) + np.abs(c * x)))
-    return h * h * np.abs(w) + 16 * U64 * terms / h + np.abs(w) * np.finfo(working).eps * np.abs(x)
+    eps_work = float(np.finfo(working).eps)
+    return (h * h * np.abs(w) + 16 * U64 * terms / h + 2.0 * eps_work * np.abs(w) / h
+            + np.abs(w) * eps_work * np.abs(x))
 
 
 @given(problem=problems(), method=st.sampled_from(("central", "central4", "complex")),
@@ -560,7 +563,7 @@ def wrong_shape(x):
 
 def overflowing_theta(x):
     """theta with a coordinate whose step h = h0·|θ_i| carries θ_i ± h past the largest float."""
-    return x.theta_with(x.size // 2, 0.999 * np.finfo(np.float64).max)
+    return x.theta_with(x.size // 2, (1.0 - 1e-9) * np.finfo(np.float64).max)
 
 
 #: (name, call, fragment of the message or None): every call must raise InputError before the

@@ -2,9 +2,10 @@
 
 One worker per core already fills the machine.  A loss doing matrix products (``@``,
 ``np.dot`` in ``@njit`` code call SciPy's OpenBLAS) would also fan each one out to
-all cores from every worker, and the check would get slower, not faster.  Uses
-threadpoolctl if installed, else ctypes for the OpenBLAS builds loaded on Linux
-(numpy's and scipy's wheels bundle them), else nothing.
+all cores from every worker, and the check would get slower, not faster.  Finds the
+libraries with threadpoolctl if installed, else those OpenBLAS builds loaded on Linux
+(numpy's and scipy's wheels bundle them) that /proc/self/maps lists; OpenBLAS's own
+thread count is set through its symbols (see :func:`_controls`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ USE_THREADPOOLCTL = True
 # have no affixes; scipy-openblas wheels add "scipy_" and, with 64-bit ints, "64_".
 _AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
 # path -> (get, set) or None: safe to keep, a loaded library keeps its symbols.
-_controls: dict[str, tuple | None] = {}
+_controls_by_path: dict[str, tuple | None] = {}
 # The list of loaded libraries changes (Numba loads scipy's OpenBLAS when it first
 # compiles a matrix product, through an import), and finding them costs 0.5-2 ms
 # (/proc/self/maps, or threadpoolctl's scan): too much for every batch of a small
@@ -50,9 +51,27 @@ def _while_modules_unchanged(name: str, find):
     return cached[1]
 
 
-def _controller(tpc):
-    """threadpoolctl's controller of the loaded libraries."""
-    return _while_modules_unchanged("threadpoolctl", tpc.ThreadpoolController)
+def _controls(tpc) -> list[tuple]:
+    """(get, set) of the thread count of each loaded BLAS library.
+
+    OpenBLAS without OpenMP has one process-wide pool, which threadpoolctl (3.6+) lets
+    only one "controlling" thread change, others silently doing nothing: a limit set
+    by a check in one thread could then never be restored by a check leaving last in
+    another.  Its own get/set symbols work from any thread, and are called directly;
+    other libraries (MKL, BLIS, FlexiBLAS, OpenMP OpenBLAS) through threadpoolctl.
+    """
+    def find() -> list[tuple]:
+        controls = []
+        for library in tpc.ThreadpoolController().select(user_api="blas").lib_controllers:
+            symbols = None
+            if library.internal_api == "openblas" \
+                    and getattr(library, "threading_layer", None) != "openmp":
+                if library.filepath not in _controls_by_path:
+                    _controls_by_path[library.filepath] = _symbols(library.filepath)
+                symbols = _controls_by_path[library.filepath]
+            controls.append(symbols or (library.get_num_threads, library.set_num_threads))
+        return controls
+    return _while_modules_unchanged("threadpoolctl", find)
 
 
 def _loaded_openblas() -> list[tuple[str, tuple]]:
@@ -69,14 +88,14 @@ def _scan_openblas() -> list[tuple[str, tuple]]:
         return []
     paths = sorted({os.fsdecode(f[5]) for f in fields if len(f) == 6})
     for path in paths:
-        if path not in _controls and "openblas" in os.path.basename(path):
-            _controls[path] = _symbols(path)
-    return [(path, _controls[path]) for path in paths if _controls.get(path)]
+        if path not in _controls_by_path and "openblas" in os.path.basename(path):
+            _controls_by_path[path] = _symbols(path)
+    return [(path, _controls_by_path[path]) for path in paths if _controls_by_path.get(path)]
 
 
 def _symbols(path: str) -> tuple | None:
     try:  # RTLD_NOLOAD: the copy already loaded, or nothing
-        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        library = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LAZY", 0))
     except OSError:
         return None
     for prefix, suffix in _AFFIXES:
@@ -100,9 +119,8 @@ def _apply(limit: int):
     """Set every loaded BLAS pool to ``limit`` threads; return a function restoring what
     they had before."""
     tpc = _threadpoolctl() if USE_THREADPOOLCTL else None
-    if tpc is not None:
-        return _controller(tpc).limit(limits=limit, user_api="blas").restore_original_limits
-    previous = [(set_, get()) for _, (get, set_) in _loaded_openblas()]
+    controls = _controls(tpc) if tpc is not None else [c for _, c in _loaded_openblas()]
+    previous = [(set_, threads) for get, set_ in controls if (threads := get()) is not None]
     for set_, _ in previous:
         set_(limit)
 
