@@ -5,7 +5,7 @@
 """
 
 from .api import assert_gradient, check, numerical_gradient
-from .errors import GradientCheckError, InputError, LossError
+from .errors import GradientCheckError, GradientMismatch, InputError, LossError
 from .monitor import GradientCheckWarning, Monitor
 from .report import Report
 from .sampling import Coverage, generators, sample_coordinates
@@ -17,8 +17,10 @@ __version__ = "0.1.0"
 def plan_sample(theta, *, sample=None, detect=None, seed=None) -> Coverage:
     """Which coordinates ``check(theta=..., sample=/detect=, seed=)`` would check, what that
     sample vouches for, and its cost in loss evaluations, without evaluating anything."""
+    from . import _validation as validate
     from .parameters import ParameterLayout
 
+    sample, detect, seed = validate.sample(sample), validate.detect(detect), validate.seed(seed)
     layout, _ = ParameterLayout.from_theta(theta)
     return sample_coordinates(layout, sample=sample, detect=detect, seed=generators(seed)[0])
 
@@ -26,6 +28,7 @@ __all__ = [
     "Coverage",
     "GradientCheckError",
     "GradientCheckWarning",
+    "GradientMismatch",
     "InputError",
     "LossError",
     "Monitor",

@@ -121,6 +121,28 @@ def detect(value) -> tuple[float, float] | None:
     return fraction, alpha
 
 
+def relative_steps(value) -> np.ndarray:
+    """A non-empty 1-D sequence of relative steps, each in (0, 1), as float64."""
+    try:
+        steps = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        steps = None
+    if steps is None or steps.ndim != 1 or steps.size == 0 \
+            or not np.all((steps > 0.0) & (steps < 1.0)):
+        raise InputError(f"steps must be a non-empty 1-D sequence of relative steps in (0, 1), "
+                         f"got {value!r}")
+    return steps
+
+
+def sequence(name: str, value) -> list:
+    """A non-empty list, tuple or 1-D array, as a list (a bare string or number is refused)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise InputError(f"{name} must be a non-empty list, got {value!r}")
+    return list(value)
+
+
 def callable_of(name: str, value) -> Callable:
     if not callable(value):
         raise InputError(f"{name} must be callable, got {type(value).__name__}")

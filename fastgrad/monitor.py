@@ -22,11 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _validation as validate
 from .api import run_check
-from .errors import InputError
+from .errors import GradientMismatch, InputError
 from .parameters import ParameterLayout
 from .report import Report
 from .sampling import ALPHA, Coverage, GroupCoverage, allocate, coverage_of
+
+
+#: The options of :func:`fastgrad.check` that a Monitor passes on to each of its checks.
+PASSED_OPTIONS = ("kwargs", "method", "eps", "dtype", "workers", "engine", "progress")
 
 
 class GradientCheckWarning(UserWarning):
@@ -73,28 +78,33 @@ class Monitor:
         Seed of the rotation and the directions.
     on_fail : "warn", "raise" or callable
         What to do with a failing report: warn (GradientCheckWarning), raise
-        AssertionError with the report, or call ``on_fail(report)``.
+        :class:`fastgrad.GradientMismatch` (an AssertionError carrying ``.report``), or
+        call ``on_fail(report)``.
     **options
-        Passed to :func:`fastgrad.check` (``eps``, ``workers``, ``engine``).
+        Passed to :func:`fastgrad.check`: ``kwargs``, ``method``, ``eps``, ``dtype``,
+        ``workers``, ``engine``, ``progress``.  Every option is checked here, before any
+        evaluation.
     """
 
     def __init__(self, loss: Callable, grad, *, every: int = 100, sample: int = 64,
                  directions: int = 2, seed: int | None = None,
                  on_fail: str | Callable[[Report], object] = "warn", **options):
-        if not isinstance(every, (int, np.integer)) or every < 1:
-            raise InputError(f"every must be a positive integer, got {every!r}")
-        if not isinstance(sample, (int, np.integer)) or sample < 1:
-            raise InputError(f"sample must be a positive integer, got {sample!r}")
-        if isinstance(directions, bool) or not isinstance(directions, (int, np.integer)) \
-                or directions < 0:
-            raise InputError(f"directions must be a non-negative integer, got {directions!r}")
-        if on_fail not in ("warn", "raise") and not callable(on_fail):
+        unknown = sorted(set(options) - set(PASSED_OPTIONS))
+        if unknown:
+            raise InputError(f"Monitor got unexpected option(s) {unknown}: it passes only "
+                             f"{list(PASSED_OPTIONS)} to each check")
+        every = validate.positive_int("every", every)
+        sample = validate.positive_int("sample", sample)
+        validated = validate.check_options(loss, directions=directions, seed=seed,
+                                           directions_minimum=0, **options)
+        if not (isinstance(on_fail, str) and on_fail in ("warn", "raise")) \
+                and not callable(on_fail):
             raise InputError(f"on_fail must be 'warn', 'raise' or a callable, got {on_fail!r}")
         self.loss, self.grad = loss, grad
-        self.every, self.sample, self.directions = int(every), int(sample), int(directions)
+        self.every, self.sample, self.directions = every, sample, validated.directions
         self.on_fail = on_fail
         self.options = options
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(validated.seed)
         self.calls = 0
         self.seconds = 0.0  # spent in checks
         self.history: list[dict] = []
@@ -153,7 +163,7 @@ class Monitor:
 
     def _fail(self, report: Report) -> None:
         if self.on_fail == "raise":
-            raise AssertionError("\n" + str(report))
+            raise GradientMismatch(report)
         if self.on_fail == "warn":
             worst = report.worst[0].label if report.worst else "a direction"
             warnings.warn(f"gradient check failed at step {self.history[-1]['step']}: "

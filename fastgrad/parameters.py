@@ -40,9 +40,23 @@ class Group:
         return self.offset + self.size
 
 
+def _as_array(value, what: str) -> np.ndarray:
+    """np.asarray(value), with NumPy's errors for ragged sequences as InputError."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{what} cannot be read as one array: {error}") from None
+
+
+def _sequence_of_arrays(theta) -> bool:
+    """A list or tuple of which some item is not a number (an array, a list)."""
+    return isinstance(theta, (list, tuple)) and any(np.ndim(item) > 0 or isinstance(item, (
+        list, tuple, Mapping)) for item in theta)
+
+
 def _as_float_array(value, what: str) -> np.ndarray:
     """``value`` as a real floating array, or an InputError saying why not."""
-    array = np.asarray(value)
+    array = _as_array(value, what)
     if array.dtype == object:
         raise InputError(f"{what} must be a numeric array, got an object array")
     if array.dtype.kind == "c":
@@ -80,8 +94,11 @@ class ParameterLayout:
     def from_theta(cls, theta, dtype=None) -> tuple[ParameterLayout, np.ndarray]:
         """Validate ``theta`` and return its layout and a flat working copy.
 
-        The working dtype is float32 when every group is float32, else float64;
-        ``dtype`` ("float32" or "float64") overrides it.
+        ``theta`` is an array (a list or tuple of numbers is read as one, and the loss then
+        receives an array), or a dict of named arrays.  A list or tuple of arrays is
+        refused: stacking would lose the names (or fail on unequal shapes), so a dict is
+        asked for.  The working dtype is float32 when every group is float32, else
+        float64; ``dtype`` ("float32" or "float64") overrides it.
         """
         if isinstance(theta, Mapping):
             if not theta:
@@ -92,6 +109,11 @@ class ParameterLayout:
                     raise InputError(f"theta's keys must be strings, got {name!r}")
                 items.append((name, _as_float_array(value, f"theta[{name!r}]")))
             is_dict = True
+        elif _sequence_of_arrays(theta):
+            raise InputError(
+                f"theta is a {type(theta).__name__} of arrays (or of sequences); give a dict of named arrays, "
+                "e.g. {'W': W, 'b': b} (each array is a group, named in the report), or one "
+                "array (np.concatenate or np.stack them)")
         else:
             items = [(ARRAY_GROUP, _as_float_array(theta, "theta"))]
             is_dict = False
@@ -227,8 +249,8 @@ def format_label(group: Group, index: tuple[int, ...]) -> str:
 
 def _as_real_array(value, what: str) -> np.ndarray:
     """A gradient may be any real numeric array (ints allowed), but not complex or bool."""
-    array = np.asarray(value)
-    if array.dtype == object or array.dtype == bool:
+    array = _as_array(value, what)
+    if array.dtype == object or array.dtype == bool or array.dtype.kind in "USVMm":
         raise InputError(f"{what} must be a numeric array, got dtype {array.dtype}")
     if array.dtype.kind == "c":
         raise InputError(f"{what} is complex ({array.dtype}); fastgrad checks real gradients")

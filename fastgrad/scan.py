@@ -8,6 +8,7 @@ why a default step was chosen, and where it sits for their loss.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,10 +28,18 @@ from .derivatives import (
 from .engine import make_engine
 from .errors import InputError
 from .parameters import ParameterLayout
-from .plan import Plan
+from .plan import Plan, require_representable_steps
 
-#: Relative steps scanned by default: 10^-14 to 10^-1, four per decade.
-DEFAULT_STEPS = np.logspace(-14, -1, 53)
+def default_steps(dtype) -> np.ndarray:
+    """Relative steps scanned by default: four per decade, up to 10^-1, from 10^-14 or the
+    first quarter-decade at or above 2u (u the unit roundoff of ``dtype``: a smaller step
+    would not change θ_i)."""
+    lowest = max(-14.0, math.ceil(4.0 * math.log10(2.0 * float(np.finfo(dtype).eps))) / 4.0)
+    return np.logspace(lowest, -1.0, round(4 * (-1.0 - lowest)) + 1)
+
+
+#: The float64 default: 10^-14 to 10^-1.
+DEFAULT_STEPS = default_steps(np.float64)
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,8 @@ def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
 
     The reference is ``grad`` when given, else the complex step when the loss
     accepts complex input, else "central4" at its default step.  Costs
-    len(steps)·len(coords)·(2 or 4) loss evaluations.
+    len(steps)·len(coords)·(2 or 4) loss evaluations.  Every input, ``grad`` included, is
+    checked before the first evaluation.
     """
     args = validate.args(args)
     method = check_method(method)
@@ -85,14 +95,20 @@ def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
         raise InputError("step_scan compares finite differences: method must be 'central' or "
                          "'central4'")
     layout, theta_flat = ParameterLayout.from_theta(theta)
-    indices = np.array([_index(layout, c) for c in coords], dtype=np.int64)
-    steps = DEFAULT_STEPS if steps is None else np.asarray(steps, dtype=np.float64)
+    indices = np.array([_index(layout, c) for c in validate.sequence("coords", coords)],
+                       dtype=np.int64)
+    steps = default_steps(layout.dtype) if steps is None else validate.relative_steps(steps)
+    require_representable_steps(theta_flat, float(steps.max()), layout.label)
+    for step in steps:  # InputError now for a step too small to move a coordinate
+        Plan.for_coords(theta_flat, indices, float(step)).points(theta_flat,
+                                                                 analysis_offsets(method))
+    analytic = None if grad is None else _analytic_gradient(grad, theta_flat, layout, args)[0]
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     f0 = run.at(theta_flat)
     numerical = np.column_stack([
         _derivative(run, theta_flat, indices, step, method) for step in steps])
-    if grad is not None:
-        reference, name = _analytic_gradient(grad, theta_flat, layout, args)[0][indices], "analytic"
+    if analytic is not None:
+        reference, name = analytic[indices], "analytic"
     else:
         reference, name = _reference(loss, theta_flat, args, layout, engine, workers, f0,
                                      indices, run)

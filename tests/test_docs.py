@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,33 +12,36 @@ import pytest
 
 from fastgrad.cli import main
 
+from readme_blocks import run_readme
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "least_squares.py"
 
 
-def readme_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+def test_readme_python_blocks_run():
+    """In this venv (whatever it has installed): see tests/readme_blocks.py."""
+    run_readme(ROOT / "README.md")
 
 
-def test_readme_python_blocks_run(capsys):
-    """Block 2 is complete; block 1 (the API tour) and block 3 (the Monitor) run in its
-    namespace with the names they leave to the reader."""
-    pytest.importorskip("scipy")  # Numba's @ in block 2 needs SciPy's BLAS
-    tour, example, monitor = readme_blocks()[:3]
-    namespace: dict = {}
-    exec(compile(example, "README block 2", "exec"), namespace)  # noqa: S102 -- the README is ours
-    assert "PASS" in capsys.readouterr().out
-    namespace.update(theta=np.random.default_rng(1).standard_normal(50))
-    namespace["params"] = namespace["theta"]
-    theta_before = namespace["theta"].copy()
-    exec(compile(tour, "README block 1", "exec"), namespace)  # noqa: S102 -- the README is ours
-    assert namespace["report"].passed
-    assert namespace["g_num"].shape == (50,)
-    np.testing.assert_array_equal(namespace["theta"], theta_before)
-    namespace.update(steps=201, X_batch=namespace["X"], y_batch=namespace["y"])
-    exec(compile(monitor, "README block 3", "exec"), namespace)  # noqa: S102 -- the README is ours
-    assert len(namespace["mon"].history) == 3  # steps 0, 100 and 200
-    assert namespace["mon"].seconds > 0
+@pytest.mark.slow
+def test_readme_blocks_run_after_the_readmes_own_install_command(tmp_path):
+    """In a venv made by the README's demo command alone (``pip install .``: no SciPy, no
+    threadpoolctl), the README's Python blocks run and say what the README says."""
+    command = re.search(r"```bash\n(python3 -m venv .venv && .venv/bin/pip install -q \.)"
+                        r" && .venv/bin/fastgrad demo\n```", (ROOT / "README.md").read_text())
+    assert command, "the README's install command changed: update this test"
+    venv = tmp_path / ".venv"
+    install = command.group(1).replace(".venv", str(venv)).replace("install -q .",
+                                                                   f"install -q {ROOT}")
+    subprocess.run(install, shell=True, check=True, cwd=tmp_path, timeout=900)  # noqa: S602
+    python = venv / "bin" / "python"
+    found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('scipy'))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert found == "None"  # the test means something only without SciPy
+    ran = subprocess.run([python, ROOT / "tests" / "readme_blocks.py", ROOT / "README.md"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "README blocks ran" in ran.stdout
 
 
 def test_example_model_file_passes(capsys):

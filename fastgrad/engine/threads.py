@@ -104,8 +104,13 @@ def run_chunks(evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *, 
                 try:
                     with report_lock:
                         progress(end - start, (end - start) * values.shape[1])
-                except BaseException as error:
+                except Exception as error:
                     record(ChunkFailure(-1, 0, ProgressFailed(error)))
+                    return
+                except BaseException as error:  # Ctrl-C in the callback: reaches the caller as is
+                    if workers <= 1:
+                        raise
+                    record(ChunkFailure(-1, 0, error))
                     return
         changed = np.flatnonzero(workspace.flat != evaluator.theta)
         if changed.size:
