@@ -219,3 +219,51 @@ def test_a_loss_that_starts_modifying_its_input_later(small):
     with pytest.raises(fg.LossError, match="modifies its input"):  # by the end-of-check call
         fg.check(late_writer, grad, theta, (p.X, p.Y))
     np.testing.assert_array_equal(theta, before)
+
+
+# ---------------------------------------------------------------- the precision of f's values
+def _float32_theta_float64_loss(theta, w, c):
+    """float32 θ, float64 data: sin in float32, the rest and the sum in float64."""
+    return float(np.sum(w * np.sin(theta) + c * theta))
+
+
+def test_values_dtype_tells_float32_results_from_float64_ones():
+    from fastgrad.noise import values_dtype
+
+    rng = np.random.default_rng(0)
+    assert values_dtype(rng.standard_normal(9).astype(np.float32).tolist()) == np.float32
+    assert values_dtype(rng.standard_normal(9).tolist()) == np.float64
+    assert values_dtype([1.0, 0.5, float("inf")]) == np.float32  # short binary fractions
+
+
+def test_float32_theta_with_float64_values_is_floored_at_float64_rounding():
+    """The noise floor is u·|f| in the precision of the values returned: a float32 theta whose
+    loss returns float64 (|f| ≈ 18.6, measured σ ≈ 5e-8) was floored at u32·|f| = 2.2e-6, and
+    a relative 1e-2 error in one coordinate only warned."""
+    rng = np.random.default_rng(29634)
+    theta = rng.uniform(-2.0, 2.0, 23).astype(np.float32)
+    w, c = rng.uniform(-0.5, 0.5, 23), rng.uniform(1.0, 2.0, 23) * rng.choice((-1.0, 1.0), 23)
+    exact = w * np.cos(theta.astype(np.float64)) + c
+    report = fg.check(_float32_theta_float64_loss, exact, theta, (w, c))
+    assert report.verdict == "pass", str(report)
+    f0 = _float32_theta_float64_loss(theta, w, c)
+    assert report.noise < float(np.finfo(np.float32).eps) * abs(f0)
+    for bug in (0, 2, 22):
+        wrong = exact.copy()
+        wrong[bug] *= 1.01
+        failed = fg.check(_float32_theta_float64_loss, wrong, theta, (w, c))
+        assert failed.verdict == "fail", str(failed)
+        assert [r.label for r in failed.worst if r.status == "fail"] == [f"theta[{bug}]"]
+
+
+def test_float32_values_keep_the_float32_floor():
+    """The same loss rounded to float32 on return: its values are float32 numbers, and the
+    floor stays u32·|f|."""
+    rng = np.random.default_rng(29634)
+    theta = rng.uniform(-2.0, 2.0, 23).astype(np.float32)
+    w, c = rng.uniform(-0.5, 0.5, 23), rng.uniform(1.0, 2.0, 23)
+    report = fg.check(lambda t, w, c: np.float32(_float32_theta_float64_loss(t, w, c)),
+                      w * np.cos(theta.astype(np.float64)) + c, theta, (w, c))
+    assert report.verdict == "pass", str(report)
+    f0 = float(np.float32(_float32_theta_float64_loss(theta, w, c)))
+    assert report.noise >= float(np.finfo(np.float32).eps) * abs(f0)

@@ -169,6 +169,10 @@ def test_every_valid_option_of_check(problem, data):
 
 @example(problem=Problem(ThetaSpec((GroupSpec("W", (1, 4), "float32"),), False, 1)),
          method="complex", dtype="float64", directions=1, seed=6, bug=0)
+@example(problem=Problem(ThetaSpec((GroupSpec("W", (7,), "float64"), GroupSpec("b", (4,), "float32"),
+                                    GroupSpec("W2", (6,), "float32"),
+                                    GroupSpec("b2", (15,), "float64")), True, 4294967295)),
+         method="central", dtype=None, directions=1, seed=412230344853458, bug=11)
 @example(problem=Problem(ThetaSpec((GroupSpec("W", (34,), "float64"), GroupSpec("b", (1,), "float32"),
                                     GroupSpec("W2", (4,), "float32"), GroupSpec("b2", (3,), "float32"),
                                     GroupSpec("lr", (3,), "float32"),
