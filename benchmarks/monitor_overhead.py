@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 import fastgrad
-from fastgrad import api, directions, engine
-from fastgrad.engine import threads
+from fastgrad import directions, engine, pipeline
+from fastgrad.engine import executors
 from fastgrad.engine.blas import limit_blas_threads
 from fastgrad.models import mlp
 
@@ -185,16 +185,16 @@ def profile_check(example, count: int) -> tuple[dict, dict]:
     monitor = fastgrad.Monitor(mlp.loss, mlp.grad, every=1, sample=64, directions=2, seed=0)
     monitor.step(params, args=args)  # compiled already; the rotation is set up
     timer = StageTimer()
-    timer.wrap(api.ParameterLayout, "from_theta", "layout")
-    timer.wrap(api, "_analytic_gradient", "grad")
-    timer.wrap(api, "make_engine", "engine")
-    timer.wrap(api, "estimate_noise", "noise")
-    timer.wrap(api, "coordinate_derivatives", "coords")
-    timer.wrap_context(threads, "limit_blas_threads", "blas")
+    timer.wrap(pipeline.ParameterLayout, "from_theta", "layout")
+    timer.wrap(pipeline, "analytic_gradient", "grad")
+    timer.wrap(pipeline, "make_engine", "engine")
+    timer.wrap(pipeline, "estimate_noise", "noise")
+    timer.wrap(pipeline, "coordinate_derivatives", "coords")
+    timer.wrap_context(executors, "limit_blas_threads", "blas")
     timer.wrap(threading.Thread, "start", "threads")
-    timer.wrap(api, "_directional", "directions")
+    timer.wrap(pipeline, "directional_tests", "directions")
     timer.wrap(directions.math, "fsum", "fsum")
-    timer.wrap(api, "build_report", "report")
+    timer.wrap(pipeline, "build_report", "report")
     timer.wrap(engine.Engine, "at", "at")
     totals = []
     try:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
 
 from .errors import InputError
+from .methods import CENTRAL, Method, method_named
 
 
 def is_integer(value) -> bool:
@@ -190,18 +191,18 @@ def _in_positions(function: Callable, positional: tuple, keywords: dict) -> tupl
 class CheckOptions:
     """The options of a check, validated and in the form the pipeline uses."""
 
-    args: tuple
-    kwargs: dict
-    method: str
-    eps: float | None
-    dtype: np.dtype | None
-    workers: int | None
-    engine: str
-    sample: object
-    detect: tuple[float, float] | None
-    directions: int
-    seed: int | None
-    progress: Callable[[int, int], None] | bool | None
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    method: Method = CENTRAL
+    eps: float | None = None
+    dtype: np.dtype | None = None
+    workers: int | None = None
+    engine: str = "auto"
+    sample: object = None
+    detect: tuple[float, float] | None = None
+    directions: int = 0
+    seed: int | None = None
+    progress: Callable[[int, int], None] | bool | None = None
 
 
 def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dtype=None,
@@ -209,7 +210,6 @@ def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dty
                   seed=None, progress=None, directions_minimum: int = 1) -> CheckOptions:
     """Every option of :func:`fastgrad.check` (and of the entry points built on it), checked
     before any work; ``directions`` None becomes 0 (none)."""
-    from .derivatives import check_method
     from .engine import ENGINES
     from .plan import check_eps
 
@@ -220,7 +220,7 @@ def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dty
         raise InputError("give sample= or detect=, not both")
     return CheckOptions(
         args=globals()["args"](args), kwargs=globals()["kwargs"](kwargs),
-        method=check_method(method), eps=None if eps is None else check_eps(eps),
+        method=method_named(method), eps=None if eps is None else check_eps(eps),
         dtype=globals()["dtype"](dtype), workers=optional_positive_int("workers", workers),
         engine=engine, sample=globals()["sample"](sample), detect=globals()["detect"](detect),
         directions=optional_positive_int("directions", directions,

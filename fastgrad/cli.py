@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .errors import GradientCheckError
+from .methods import METHODS
 
 #: Exit statuses of ``fastgrad check``: 1 only for a gradient found wrong.
 PASSED, FAILED, USAGE = 0, 1, 2
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "with probability >= 1 - ALPHA (e.g. 0.01,0.05)")
     check.add_argument("--directions", type=_positive, metavar="M",
                        help="test M random directions (and localise a failure)")
-    check.add_argument("--method", choices=("central", "central4", "complex"), default="central",
+    check.add_argument("--method", choices=tuple(METHODS), default="central",
                        help="finite-difference method (default central)")
     check.add_argument("--eps", type=float, help="relative step h0 (default: by method)")
     check.add_argument("--seed", type=_seed,

@@ -1,14 +1,8 @@
 """Numerical derivatives of single coordinates, by method, each with its error estimate.
 
-``method`` is one of
-
-* ``"central"``: D(h) = (f(θ+h) − f(θ−h)) / 2h, 2 evaluations, error O(h²);
-* ``"central4"``: R = (4·D(h) − D(2h))/3 = (−f(θ+2h) + 8f(θ+h) − 8f(θ−h) + f(θ−2h))/12h,
-  4 evaluations, error O(h⁴);
-* ``"complex"``: Im f(θ + i·h) / h, 1 complex evaluation, no subtractive cancellation.
-
-Every value carries an allowed error z·r + t + a (rounding r, truncation t, and the
-analytic gradient's own rounding a; see :mod:`.analysis`).  A coordinate that
+The methods (:mod:`.methods`) say how their losses combine into a derivative; this
+module measures and judges.  Every value carries an allowed error z·r + t + a (rounding
+r, truncation t, and the analytic gradient's own rounding a; see :mod:`.analysis`).  A coordinate that
 disagrees at the first pass is evaluated at a second step: its truncation error
 is then estimated from the two, and the one-sided differences on either side
 tell a kink (ReLU, max, abs, hinge) from a wrong gradient.
@@ -22,35 +16,13 @@ import numpy as np
 
 from . import analysis
 from .engine import Engine
-from .errors import InputError, LossError
+from .errors import LossError
+from .methods import CENTRAL, Method, central
 from .noise import NoiseEstimate
 from .plan import Plan
 
-METHODS = ("central", "central4", "complex")
-
 #: Statuses of a checked coordinate.
 OK, FAIL, KINK = "ok", "fail", "kink"
-
-#: The complex step: h = COMPLEX_STEP·max(1, |θ_i|).  Any h below ~1e-8 is as good in
-#: float64 (the truncation h²·f'''/6 is then below rounding), and a tiny one also keeps
-#: θ + i·h within the analytic neighbourhood of θ.
-COMPLEX_STEP = 1e-20
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InputError(f"method must be one of {METHODS}, got {method!r}")
-    return method
-
-
-def default_relative_step(method: str, dtype) -> float:
-    """∛u for "central", u^(1/5) for "central4" (each balances its truncation with
-    rounding, Nocedal & Wright §8.1), COMPLEX_STEP for "complex"."""
-    if method == "complex":
-        return COMPLEX_STEP
-    if method == "central":
-        return float(np.cbrt(np.finfo(dtype).eps))
-    return float(np.finfo(dtype).eps) ** 0.2
 
 
 @dataclass
@@ -66,7 +38,7 @@ class CoordinateChecks:
     steps: np.ndarray | None = None  # step judged at, where moved to a balanced one (else 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
     """What every method needs besides the plan: engine, point, gradient, noise."""
 
@@ -127,25 +99,21 @@ def rounding(context: Context, losses: np.ndarray, taken: np.ndarray) -> np.ndar
     return analysis.rounding_std(noise, taken[:, 0], taken[:, 1])
 
 
-def central(losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
-    return analysis.central_difference(losses[:, 0], losses[:, 1], taken[:, 0], taken[:, 1])
-
-
 def analytic_allowance(context: Context, analytic: np.ndarray, multiplier: float) -> np.ndarray:
     """a = z·u_g·(|g_i| + max|g|): the analytic gradient is itself rounded in its dtype."""
     unit = multiplier * context.analytic_eps  # times each term: |g| + max|g| may overflow
     return unit * np.abs(analytic) + unit * context.analytic_scale
 
 
-def coordinate_derivatives(context: Context, plan: Plan, method: str) -> CoordinateChecks:
+def coordinate_derivatives(context: Context, plan: Plan, method: Method) -> CoordinateChecks:
     """Numerical derivatives at the plan's coordinates by ``method``, with allowed errors."""
     multiplier = analysis.noise_multiplier(len(plan))
     analytic = context.analytic[plan.coords]
     allowance = analytic_allowance(context, analytic, multiplier)
-    if method == "complex":
+    if method.complex:
         return _complex(context, plan, multiplier, allowance)
-    near, near_taken = stencil(context.run, plan, context.theta, analysis_offsets(method))
-    numerical, rounding_std = _first_pass(context, method, near, near_taken)
+    near, near_taken = stencil(context.run, plan, context.theta, method.offsets)
+    numerical, rounding_std = method.first_pass(near, near_taken, _rounding_of(context))
     error = multiplier * rounding_std + allowance
     rough = _rough(context, plan, near, multiplier) if context.theta_outlier else None
     unresolved = np.zeros(len(plan), dtype=bool) if rough is None else rough.copy()
@@ -158,7 +126,7 @@ def coordinate_derivatives(context: Context, plan: Plan, method: str) -> Coordin
                 near_taken[refined], numerical, rounding_std, error, (kink, unresolved),
                 multiplier, allowance[refined])
     checks = CoordinateChecks(numerical, error, refined, kink, unresolved, rough)
-    if method == "central" and noise_far_above_rounding(context):
+    if method is CENTRAL and noise_far_above_rounding(context):
         _rebalance(context, plan, analytic, checks, multiplier, allowance)
     return checks
 
@@ -256,58 +224,27 @@ def _rough(context: Context, plan: Plan, near: np.ndarray, multiplier: float) ->
     return np.abs(at_middle - at_smallest) > multiplier * 2.0 * noise + np.abs(at_step - at_middle)
 
 
-def analysis_offsets(method: str) -> tuple[float, ...]:
-    """First-pass offsets, in units of h."""
-    return (1.0, -1.0) if method == "central" else (1.0, -1.0, 2.0, -2.0)
+def _rounding_of(context: Context):
+    """rounding(losses, taken) in this context: see :func:`rounding`."""
+    return lambda losses, taken: rounding(context, losses, taken)
 
 
-def _first_pass(context: Context, method: str, losses, taken):
-    """(value, rounding std) of the first pass."""
-    d_step = central(losses[:, :2], taken[:, :2])
-    r_step = rounding(context, losses[:, :2], taken[:, :2])
-    if method == "central":
-        return d_step, r_step
-    d_double = central(losses[:, 2:], taken[:, 2:])
-    r_double = rounding(context, losses[:, 2:], taken[:, 2:])
-    return (analysis.richardson(d_step, d_double),
-            analysis.richardson_rounding_std(r_step, r_double))
-
-
-def _refine(context: Context, again: Plan, method: str, rows, analytic, near, near_taken,
+def _refine(context: Context, again: Plan, method: Method, rows, analytic, near, near_taken,
             numerical, rounding_std, error, marks, multiplier, allowance) -> None:
     """Second step for the disagreeing rows: truncation estimate, then kinks (in place)."""
-    far_offsets = (2.0, -2.0) if method == "central" else (4.0, -4.0)
-    far, far_taken = stencil(context.run, again, context.theta, far_offsets)
-    r_far = rounding(context, far, far_taken)
-    if method == "central":
-        first = numerical[rows]
-        better = analysis.richardson(first, central(far, far_taken))
-        truncation = np.abs(first - better)  # the error of D(h), an upper bound for R's
-        r_better = analysis.richardson_rounding_std(rounding_std[rows], r_far)
-        plus, minus = (near[:, 0], far[:, 0], near_taken[:, 0]), \
-                      (near[:, 1], far[:, 1], near_taken[:, 1])
-    else:
-        r_double = rounding(context, near[:, 2:], near_taken[:, 2:])
-        first = numerical[rows]  # R(h), fourth order
-        coarse = analysis.richardson(central(near[:, 2:], near_taken[:, 2:]),
-                                     central(far, far_taken))  # R(2h)
-        better = analysis.richardson4(first, coarse)  # sixth order
-        truncation = np.abs(first - better)  # the error of R(h), an upper bound for better's
-        r_better = analysis.richardson4_rounding_std(
-            rounding_std[rows], analysis.richardson_rounding_std(r_double, r_far))
-        plus, minus = (near[:, 0], near[:, 2], near_taken[:, 0]), \
-                      (near[:, 1], near[:, 3], near_taken[:, 1])
-    numerical[rows] = better
-    error[rows] = multiplier * r_better + truncation + allowance
-    rough = _kinks(context, rows, analytic, plus, minus, numerical, error, *marks, multiplier,
-                   allowance)
-    if method == "central4":
-        # A kink between 2h and 4h spoils R(2h), hence the refinement, without showing in
-        # the (h, 2h) smoothness test: the same test on (2h, 4h).
-        rough |= _not_smooth(context, near[:, 2], far[:, 0], near[:, 3], far[:, 1],
-                             2.0 * np.abs(near_taken[:, 0]), multiplier) \
+    far, far_taken = stencil(context.run, again, context.theta, method.refine_offsets)
+    refined = method.refine(near, near_taken, far, far_taken, numerical[rows],
+                            rounding_std[rows], _rounding_of(context))
+    numerical[rows] = refined.value
+    error[rows] = multiplier * refined.rounding + refined.truncation + allowance
+    rough = _kinks(context, rows, analytic, refined.plus, refined.minus, numerical, error,
+                   *marks, multiplier, allowance)
+    if refined.outer is not None:
+        # A kink within the outer pair's reach spoils the refinement without showing in the
+        # inner smoothness test: the same test on the outer pair.
+        rough |= _not_smooth(context, *refined.outer, multiplier) \
             & (np.abs(numerical[rows] - analytic) > error[rows])
-    if method == "central4" and rough.any():
+    if refined.outer is not None and rough.any():
         _narrow(context, again.subset(np.flatnonzero(rough)), rows[rough], analytic[rough],
                 numerical, error, marks)
 
@@ -319,8 +256,8 @@ def _narrow(context: Context, plan: Plan, rows, g, numerical, error, marks) -> N
     analysis included), settles them: where it agrees, its value and error replace the
     stencil's, and the row is a kink (or unresolved, if the central method says so)."""
     narrow = coordinate_derivatives(
-        context, Plan.for_coords(context.theta, plan.coords,
-                                 default_relative_step("central", context.dtype)), "central")
+        context, Plan.for_coords(context.theta, plan.coords, CENTRAL.default_step(context.dtype)),
+        CENTRAL)
     agrees = np.abs(narrow.numerical - g) <= narrow.error
     settled = rows[agrees]
     kink, unresolved = marks

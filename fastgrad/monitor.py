@@ -14,6 +14,7 @@ of the batch as ``args`` makes each check cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validation as validate
-from .api import run_check
+from .pipeline import Continuation, run_check
 from .errors import GradientMismatch, InputError
 from .parameters import ParameterLayout
 from .report import Report
@@ -97,6 +98,7 @@ class Monitor:
         sample = validate.positive_int("sample", sample)
         validated = validate.check_options(loss, directions=directions, seed=seed,
                                            directions_minimum=0, **options)
+        self._options = validated  # each step adds its args
         if not (isinstance(on_fail, str) and on_fail in ("warn", "raise")) \
                 and not callable(on_fail):
             raise InputError(f"on_fail must be 'warn', 'raise' or a callable, got {on_fail!r}")
@@ -123,11 +125,10 @@ class Monitor:
             return None
         started = time.perf_counter()
         coverage = self._next_sample(theta)
-        report = run_check(self.loss, self.grad, theta, args, coverage=coverage,
-                           layout=self._layout, directions=self.directions or None,
-                           directions_rng=self.rng, directional_step=self._directional_step,
-                           **self.options)
-        if report.directions and "eps" not in self.options:
+        options = dataclasses.replace(self._options, args=validate.args(args))
+        report = run_check(self.loss, self.grad, theta, options, Continuation(
+            self._layout, coverage, self.rng, self._directional_step))
+        if report.directions and self._options.eps is None:
             self._directional_step = min(result.step for result in report.directions)
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
@@ -140,7 +141,7 @@ class Monitor:
         """The next coordinates of the rotation, and what they vouch for (the same counts
         per group at every check, hence the same guarantee)."""
         if self._rotations is None:
-            layout, _ = ParameterLayout.from_theta(theta, self.options.get("dtype"))
+            layout, _ = ParameterLayout.from_theta(theta, self._options.dtype)
             self._layout = layout
             self._rotations = [_Rotation(g.offset, g.size, _coprime_stride(g.size, self.rng),
                                          int(self.rng.integers(g.size))) for g in layout.groups]

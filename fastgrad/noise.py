@@ -82,8 +82,9 @@ def values_dtype(values) -> np.dtype:
     unless it is a small integer or a short binary fraction, where the float32 floor
     errs large (a looser verdict, never a false alarm).
     """
+    largest = float(np.finfo(np.float32).max)
     return np.dtype(np.float32) if all(
-        not math.isfinite(v) or float(np.float32(v)) == v for v in values
+        not math.isfinite(v) or (abs(v) <= largest and float(np.float32(v)) == v) for v in values
     ) else np.dtype(np.float64)
 
 

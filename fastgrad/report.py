@@ -1,7 +1,11 @@
-"""The report: what a check found, as text for people and a dict for programs."""
+"""The report: what a check found, as text for people and a dict for programs.
+
+The verdict and its reasons are made by :mod:`.verdict`; this module only presents them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field, fields
@@ -12,9 +16,9 @@ import numpy as np
 from . import analysis
 from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
 from .directions import DirectionResult
-from .noise import STEP_TOO_SMALL
 from .parameters import ParameterLayout, format_label
 from .sampling import FLOOR, Coverage, GroupCoverage
+from .verdict import Verdict, worse
 
 #: How many of the worst coordinates a report lists.
 WORST_SHOWN = 10
@@ -111,6 +115,10 @@ class Report:
     sensitivity: float | None = None  # single-coordinate error s_i·|δ| the directions catch
     localisation: dict | None = None  # what group testing found (labels), and its cost
     jittered: Report | None = None  # the check at a nearby point (jitter=)
+    executor: str = "serial"  # where the chunks ran ("serial": the calling thread, "threads")
+    chunks: int = 0  # chunks of evaluations the executor ran
+    timings: dict = field(default_factory=dict)  # seconds: "noise", "coordinates",
+    # "directions" (the stages) and "batches" (inside the executor's batches, of them all)
 
     @property
     def passed(self) -> bool:
@@ -411,136 +419,37 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
     return results
 
 
-VERDICT_ORDER = ("pass", "warn", "fail")
-
-
 def with_jittered(report: Report, nearby: Report, distance: float) -> Report:
-    """The report at θ, with the check at a nearby point attached (``report.jittered``) and
-    the worse verdict of the two: at a stationary point a factor or a sign in the gradient
-    shows only away from it."""
-    report.jittered = nearby
-    report.verdict = max(report.verdict, nearby.verdict, key=VERDICT_ORDER.index)
-    report.notes.append(f"checked again at a nearby point (every coordinate moved by a relative "
-                        f"{distance / 2:g} to {distance:g}, jitter={distance:g}): {nearby.verdict}, "
-                        f"relative error {nearby.relative_error:.3e}, {nearby.failed} coordinate(s) "
-                        f"disagree{f', worst {nearby.worst_label}' if nearby.failed else ''}")
-    return report
+    """A new report: the one at θ with the check at a nearby point attached (``jittered``)
+    and the worse verdict of the two (see :func:`fastgrad.verdict.worse`)."""
+    note = (f"checked again at a nearby point (every coordinate moved by a relative "
+            f"{distance / 2:g} to {distance:g}, jitter={distance:g}): {nearby.verdict}, "
+            f"relative error {nearby.relative_error:.3e}, {nearby.failed} coordinate(s) "
+            f"disagree{f', worst {nearby.worst_label}' if nearby.failed else ''}")
+    return dataclasses.replace(report, jittered=nearby, verdict=worse(report.verdict,
+                                                                      nearby.verdict),
+                               notes=[*report.notes, note])
 
 
-def locally_constant(noise, numerical, analytic) -> bool:
-    """Every difference the check took is exactly 0 and so is the gradient: the noise
-    estimate ended with ECnoise's code 2 (its values equal at every step tried, √u up to
-    100³·√u ≈ 1.5e-2 relative) and every D_i = g_i = 0.  Nothing here is rounding: the loss is constant near θ."""
-    return (not noise.detected and noise.code == STEP_TOO_SMALL and numerical.size > 0
-            and not np.any(numerical) and not np.any(analytic))
-
-
-def zero_within_error(analytic, error) -> bool:
-    """|g_i| ≤ z·r_i + t_i for every checked coordinate: the gradient is 0 within the error of
-    each difference, θ is a stationary point as far as the check can tell, and the relative
-    error ‖D − g‖/(‖D‖ + ‖g‖), a ratio of two rounding errors there, says nothing."""
-    return analytic.size > 0 and bool(np.all(np.abs(analytic) <= error))
-
-
-def build_report(layout: ParameterLayout, plan, coordinates, analytic_flat: np.ndarray, noise,
-                 run, directional, coverage, *, method: str, seed, evaluations: int,
-                 seconds: float, notes: list[str] = ()) -> Report:
-    """Judge the checks and assemble the report (``notes``: the analysis's own, first)."""
-    coords = plan.coords
-    numerical, error, kink = coordinates.numerical, coordinates.error, coordinates.kink
-    unresolved = coordinates.unresolved
-    analytic = analytic_flat[coords]
-    if directional is not None and directional.confirmed:  # coordinates named by localisation
-        extra = np.array([c for c in directional.confirmed if c not in set(coords.tolist())],
-                         dtype=np.int64)
-        coords = np.concatenate([coords, extra])
-        numerical = np.concatenate([numerical, [directional.confirmed[c][0] for c in extra]])
-        error = np.concatenate([error, [directional.confirmed[c][1] for c in extra]])
-        kink = np.concatenate([kink, np.zeros(extra.size, dtype=bool)])
-        unresolved = np.concatenate([unresolved, np.zeros(extra.size, dtype=bool)])
-        analytic = analytic_flat[coords]
-    score = analysis.disagreement(numerical, analytic, error)
-    failed = int((score > 1.0).sum())
-    directions = [] if directional is None else directional.results
-    if coords.size:
-        relative = analysis.relative_error(numerical, analytic)
-    else:
-        relative = analysis.relative_error(np.array([d.numerical for d in directions]),
-                                           np.array([d.analytic for d in directions]))
-    notes = list(notes)
-    flat = locally_constant(noise, numerical, analytic)
-    stationary = zero_within_error(analytic, error) and not flat
-    if flat:
-        notes.append("the loss is flat here: every finite difference, and every difference of the "
-                     "noise estimate at steps up to 1.5e-2, is exactly 0, as is the gradient; a gradient "
-                     "that is 0 here by mistake cannot be told from the right one: check at a "
-                     "point where the loss varies too")
-    elif not noise.detected:
-        notes.append("the loss's rounding noise could not be measured; a bound was used instead")
-    if stationary and relative > analysis.WRONG_ABOVE:
-        notes.append("theta is a stationary point: the gradient is 0 within each coordinate's error "
-                     "bound (so the relative error means nothing); there, a gradient wrong by a "
-                     "factor or a sign cannot be told from the right one: check at a nearby point "
-                     "too (jitter=)")
-    rough = coordinates.rough
-    if rough is not None and rough.any():
-        names = ", ".join(layout.label(int(c)) for c in plan.coords[rough][:3])
-        notes.append(f"the loss is not smooth at the step scale near {names}"
-                     f"{' and others' if rough.sum() > 3 else ''}: f(theta) is off the loss around "
-                     "it and its differences do not converge as the step shrinks (a spike "
-                     "narrower than the step), so finite differences cannot confirm any "
-                     "derivative there")
-    moved = coordinates.steps
-    if moved is not None and moved.any():
-        rows = np.flatnonzero(moved)
-        steps = ", ".join(f"{layout.label(int(plan.coords[j]))} at h = {moved[j]:.2e}"
-                          for j in rows[:6])
-        notes.append(f"the loss's noise ({noise.sigma:.2e}) is far above rounding (sqrt(u)|f| = "
-                     f"{np.sqrt(np.finfo(layout.dtype).eps) * abs(noise.f0):.2e}): {rows.size} "
-                     f"coordinate(s) unresolved at the default step were judged at the step that "
-                     f"balances noise and truncation (Richardson value): {steps}"
-                     f"{', ...' if rows.size > 6 else ''}")
-    inconclusive = relative > analysis.WRONG_ABOVE and not stationary
-    unconfirmed = directional is not None and directional.unconfirmed
-    if failed or (directional is not None and directional.failed and not unconfirmed):
-        verdict = "fail"
-    elif inconclusive or not (noise.detected or flat) or unresolved.any() or unconfirmed:
-        verdict = "warn"
-        if unconfirmed:
-            notes.append(
-                "a directional test disagreed, but no localising test (on part of theta) did "
-                "again and nothing was named: a kink crossed by the directional step, or its "
-                "truncation estimate out of range; look closer with a coordinate check "
-                "(sample= or a full check)"
-            )
-        one_sided = unresolved.copy()
-        if rough is not None:
-            one_sided[:rough.size] &= ~rough
-        if one_sided.any():
-            notes.append(
-                f"{int(one_sided.sum())} coordinate(s) disagree with the central difference but "
-                "agree with a one-sided derivative, and no kink could be resolved: a small kink "
-                "(ReLU, abs) or a gradient error at the level of the noise; look closer"
-            )
-        if inconclusive:
-            notes.append(
-                "the finite differences are too inaccurate here (rounding noise, or truncation "
-                "at this step) to confirm this gradient: the relative error is above 1e-3 "
-                "although nothing exceeds its error estimate"
-            )
-    else:
-        verdict = "pass"
+def build_report(judged: Verdict, layout: ParameterLayout, plan, coordinates, noise, run,
+                 directional, coverage, *, method: str, seed, evaluations: int,
+                 seconds: float, timings: dict | None = None) -> Report:
+    """The report of a judged check: the verdict's figures and notes, and what was run."""
     return Report(
-        verdict=verdict, relative_error=relative, size=layout.size, checked=int(coords.size),
-        failed=failed, evaluations=evaluations, seconds=seconds, engine=run.name,
-        workers=run.workers, dtype=layout.dtype.name, relative_step=plan.relative_step,
-        method=method, kinks=int(kink.sum()), unresolved=int(unresolved.sum()), noise=float(noise.sigma), noise_detected=bool(noise.detected),
-        refined=int(coordinates.refined.size),
+        verdict=judged.verdict, relative_error=judged.relative_error, size=layout.size,
+        checked=int(judged.coords.size), failed=judged.failed, evaluations=evaluations,
+        seconds=seconds, engine=run.name, workers=run.workers, dtype=layout.dtype.name,
+        relative_step=plan.relative_step, method=method, kinks=int(judged.kink.sum()),
+        unresolved=int(judged.unresolved.sum()), noise=float(noise.sigma),
+        noise_detected=bool(noise.detected), refined=int(coordinates.refined.size),
         multiplier=analysis.noise_multiplier(len(plan)),
-        details=CheckedCoordinates(layout, coords, numerical, analytic, error, score, kink,
-                                   unresolved, analytic_flat),
-        notes=notes, seed=seed, coverage=coverage, directions=directions,
+        details=CheckedCoordinates(layout, judged.coords, judged.numerical, judged.analytic,
+                                   judged.error, judged.score, judged.kink, judged.unresolved,
+                                   judged.analytic_flat),
+        notes=list(judged.notes), seed=seed, coverage=coverage,
+        directions=[] if directional is None else directional.results,
         sensitivity=None if directional is None else directional.sensitivity,
         localisation=(None if directional is None or directional.localisation is None
                       else directional.localisation.to_dict(layout)),
+        executor=run.executor.name, chunks=run.chunks, timings=dict(timings or {}),
     )

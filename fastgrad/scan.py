@@ -14,20 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import analysis
 from . import _validation as validate
-from .api import _analytic_gradient, _complex_engine
-from .derivatives import (
-    analysis_offsets,
-    central,
-    check_method,
-    complex_step,
-    default_relative_step,
-    stencil,
-)
+from .derivatives import complex_step, stencil
 from .engine import make_engine
+from .methods import CENTRAL4, COMPLEX, FINITE_DIFFERENCES, Method, method_named
 from .errors import InputError
 from .parameters import ParameterLayout
+from .pipeline import analytic_gradient, complex_engine
 from .plan import Plan, require_representable_steps
 
 def default_steps(dtype) -> np.ndarray:
@@ -90,19 +83,18 @@ def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
     checked before the first evaluation.
     """
     args = validate.args(args)
-    method = check_method(method)
-    if method == "complex":
-        raise InputError("step_scan compares finite differences: method must be 'central' or "
-                         "'central4'")
+    method = method_named(method)
+    if method.complex:
+        raise InputError(f"step_scan compares finite differences: method must be one of "
+                         f"{FINITE_DIFFERENCES}")
     layout, theta_flat = ParameterLayout.from_theta(theta)
     indices = np.array([_index(layout, c) for c in validate.sequence("coords", coords)],
                        dtype=np.int64)
     steps = default_steps(layout.dtype) if steps is None else validate.relative_steps(steps)
     require_representable_steps(theta_flat, float(steps.max()), layout.label)
     for step in steps:  # InputError now for a step too small to move a coordinate
-        Plan.for_coords(theta_flat, indices, float(step)).points(theta_flat,
-                                                                 analysis_offsets(method))
-    analytic = None if grad is None else _analytic_gradient(grad, theta_flat, layout, args)[0]
+        Plan.for_coords(theta_flat, indices, float(step)).points(theta_flat, method.offsets)
+    analytic = None if grad is None else analytic_gradient(grad, theta_flat, layout, args)[0]
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     f0 = run.at(theta_flat)
     numerical = np.column_stack([
@@ -110,30 +102,27 @@ def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
     if analytic is not None:
         reference, name = analytic[indices], "analytic"
     else:
-        reference, name = _reference(loss, theta_flat, args, layout, engine, workers, f0,
-                                     indices, run)
+        reference, name = _reference(loss, theta_flat, args, layout, f0, indices, run)
     return StepScan([layout.label(int(i)) for i in indices], steps, numerical, reference, name,
-                    np.abs(numerical - reference[:, None]),
-                    default_relative_step(method, layout.dtype), method)
+                    np.abs(numerical - reference[:, None]), method.default_step(layout.dtype),
+                    method.name)
 
 
-def _derivative(run, theta, indices, step: float, method: str) -> np.ndarray:
+def _derivative(run, theta, indices, step: float, method: Method) -> np.ndarray:
     plan = Plan.for_coords(theta, indices, step)
-    losses, taken = stencil(run, plan, theta, analysis_offsets(method))
-    value = central(losses[:, :2], taken[:, :2])
-    if method == "central4":
-        value = analysis.richardson(value, central(losses[:, 2:], taken[:, 2:]))
-    return value
+    losses, taken = stencil(run, plan, theta, method.offsets)
+    return method.value(losses, taken)
 
 
-def _reference(loss, theta, args, layout, engine, workers, f0, indices, run):
+def _reference(loss, theta, args, layout, f0, indices, run):
+    """The complex step where the loss carries complex input, else central4."""
     try:
         sigma = float(np.finfo(theta.dtype).eps) * abs(f0)  # rounding of f at best
-        complex_run = _complex_engine(loss, theta, args, layout, engine, workers, None, f0, sigma)
+        complex_run = complex_engine(run, loss, theta, args, layout, f0, sigma)
     except InputError:
-        step = default_relative_step("central4", theta.dtype)
-        return _derivative(run, theta, indices, step, "central4"), "central4"
-    plan = Plan.for_coords(theta, indices, default_relative_step("complex", theta.dtype))
+        step = CENTRAL4.default_step(theta.dtype)
+        return _derivative(run, theta, indices, step, CENTRAL4), "central4"
+    plan = Plan.for_coords(theta, indices, COMPLEX.default_step(theta.dtype))
     return complex_step(complex_run, plan, theta), "complex step"
 
 

@@ -424,12 +424,14 @@ def test_a_progress_callback_that_raises_stops_the_check_with_its_error(
 
 # ----------------------------------------------------------------------------- concurrency
 def outcome(problem: Problem, theta, grad, args, options) -> tuple:
-    """Everything a check returns but its duration, bit for bit (floats by repr)."""
+    """Everything a check returns but its duration and how it was cut into chunks (which
+    follows the measured time per evaluation), bit for bit (floats by repr)."""
     try:
         report = fg.check(problem.loss, grad, theta, args, **options)
     except fg.GradientCheckError as error:
         return type(error).__name__, str(error)
-    summary = {k: v for k, v in report.to_dict().items() if k != "seconds"}
+    summary = {k: v for k, v in report.to_dict().items()
+               if k not in ("seconds", "timings", "chunks")}
     return repr(summary), flat_values(report.numerical).tobytes(), str(report).split("\n")[3:]
 
 

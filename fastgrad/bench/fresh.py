@@ -35,19 +35,9 @@ print(json.dumps({{"import_s": imported - started, "setup_s": ready - imported,
 """
 
 MEMORY = """
-import json, math, resource
+import json, resource
 import fastgrad as fg
-import fastgrad.engine as engine
 from fastgrad.models import logistic as lg
-
-chunking = {{}}
-original = engine.chunk_size
-def chunk_size(rows, points, workers, seconds):
-    size = original(rows, points, workers, seconds)
-    chunking.setdefault("rows", rows)
-    chunking.setdefault("chunks", math.ceil(rows / size))
-    return size
-engine.chunk_size = chunk_size
 
 def peak_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -71,7 +61,6 @@ def reset_high_water():
 
 tiny = lg.problem(m=20, n=100, per_row=3)  # compiles the loss and the kernel first
 fg.check(lg.loss, lg.grad, tiny.theta, tiny.args, workers={workers})
-chunking.clear()
 problem = lg.problem(m={rows}, n={n}, per_row=5)
 baseline = peak_kib()
 held = rss_kib("VmRSS")
@@ -86,7 +75,8 @@ print(json.dumps({{"n": {n}, "workers": {workers}, "ru_maxrss_before_kib": basel
                   "high_water_delta_bytes": (high_water - held) * 1024 if reset else None,
                   "delta_bytes": (high_water - held) * 1024 if reset else ru_delta,
                   "measure": "VmHWM after clear_refs" if reset else "ru_maxrss",
-                  "evaluations": report.evaluations, "verdict": report.verdict, **chunking}}))
+                  "evaluations": report.evaluations, "verdict": report.verdict,
+                  "rows": report.checked, "chunks": report.chunks}}))
 """
 
 

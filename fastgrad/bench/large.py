@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from .. import api
 from ..api import check
 from ..models import logistic
 from .common import Line, Section, Sizes, fmt_seconds, judged, load_text, timed, timed_cpu
-from .scaling import time_in, time_in_engine
 
 TARGET_S = 2.0
 
@@ -58,8 +56,8 @@ def measure_logistic(sizes: Sizes) -> Section:
 
 def _warm_run(sampled) -> dict:
     """One warm sampled check: wall time, time in the engine and in the noise estimate, cores."""
-    with time_in_engine() as engine, time_in(api, "_noise_estimate") as noise:
-        report, wall, cpu, others = timed_cpu(sampled)
-    return {"wall_s": wall, "engine_s": engine["seconds"], "noise_s": noise["seconds"],
+    report, wall, cpu, others = timed_cpu(sampled)
+    return {"wall_s": wall, "engine_s": report.timings["batches"],
+            "noise_s": report.timings["noise"],
             "cores_used": cpu / wall, "others_cores": others, "evaluations": report.evaluations,
             "verdict": report.verdict, "relative_error": report.relative_error}

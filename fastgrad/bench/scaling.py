@@ -8,8 +8,6 @@ baseline for parallel efficiency.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import statistics
 import threading
@@ -18,7 +16,7 @@ import time
 import numpy as np
 
 from ..api import check
-from ..engine import Engine, available_cores
+from ..engine import available_cores
 from ..engine.compiled import chunk_kernel
 from ..models import mlp
 from ..parameters import ParameterLayout
@@ -40,36 +38,6 @@ TARGET_EFFICIENCY, EFFICIENCY_FROM_N = 0.85, 10_000
 LONG_CHECK_S = 5.0
 #: The planted error of the directional check, in units of the check's reported sensitivity.
 PLANTED_SENSITIVITIES = 10.0
-
-
-@contextlib.contextmanager
-def time_in(owner, name: str):
-    """Seconds spent in ``owner.name`` (a function or method, wrapped meanwhile) and its calls.
-
-    Only this process's view of fastgrad changes, and only inside the ``with``.
-    """
-    spent = {"seconds": 0.0, "calls": 0}
-    original = getattr(owner, name)
-
-    @functools.wraps(original)
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            spent["seconds"] += time.perf_counter() - started
-            spent["calls"] += 1
-
-    setattr(owner, name, wrapper)
-    try:
-        yield spent
-    finally:
-        setattr(owner, name, original)
-
-
-def time_in_engine():
-    """Seconds spent in :meth:`Engine.perturbed` (the parallel chunk evaluations) meanwhile."""
-    return time_in(Engine, "perturbed")
 
 
 def warm_up(m: int) -> None:
@@ -142,11 +110,10 @@ def _timed_check(problem, repeats: int, expected_s: float, **options):
     args = (problem.X, problem.Y)
     times, engine, cores, others = [], [], [], []
     for _ in range(1 if expected_s > LONG_CHECK_S else repeats):
-        with time_in_engine() as spent:
-            report, seconds, cpu, other = timed_cpu(
-                lambda: check(mlp.loss, mlp.grad, problem.params, args, **options))
+        report, seconds, cpu, other = timed_cpu(
+            lambda: check(mlp.loss, mlp.grad, problem.params, args, **options))
         times.append(seconds)
-        engine.append(spent["seconds"])
+        engine.append(report.timings["batches"])
         cores.append(cpu / seconds)
         others.append(other)
     load = {"cores_used": statistics.median(cores), "others_cores": median_or_none(others)}

@@ -1,67 +1,96 @@
 """Engines: evaluate the loss at perturbed copies of θ, fast and safely.
 
-:func:`make_engine` chooses the evaluator (compiled for a Numba dispatcher,
-Python otherwise); :class:`Engine` validates single evaluations, runs batches
-of perturbations on the thread executor, counts evaluations, and turns a loss
-failure into a :class:`~fastgrad.errors.LossError` that names the coordinate and
-the step.
+An engine is an evaluator (how the loss is evaluated: :mod:`.compiled`, :mod:`.python`)
+times an executor (where chunks of evaluations run: :mod:`.executors`).
+:func:`make_engine` chooses the evaluator (compiled for a Numba dispatcher, Python
+otherwise) and the executor (threads for a compiled loss, the calling thread for a
+Python one); :class:`Engine` validates single evaluations, runs batches of
+perturbations on its executor, counts evaluations, and turns a loss failure into a
+:class:`~fastgrad.errors.LossError` that names the coordinate and the step.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 
 import numpy as np
 from numba.core.errors import NumbaError
 
+from .. import _validation as validate
 from ..errors import GradientCheckError, InputError, LossError, describe
 from ..parameters import ParameterLayout
 from .base import Evaluator, Workspace, WrongReturn, as_scalar
 from .compiled import CompiledEvaluator, available_cores, is_compiled
+from .executors import (
+    CallingThread,
+    Executor,
+    InputModified,
+    Progress,
+    ProgressFailed,
+    ThreadPool,
+    chunk_size,
+)
 from .python import PythonEvaluator
-from .threads import InputModified, ProgressFailed, chunk_size, run_chunks
 
-__all__ = ["ENGINES", "Engine", "Evaluator", "Workspace", "available_cores", "make_engine"]
+__all__ = ["ENGINES", "CallingThread", "Engine", "Evaluator", "Executor", "ThreadPool",
+           "Workspace", "available_cores", "make_engine", "make_evaluator"]
 
 ENGINES = ("auto", "numba", "python")
 #: A batch expected to take less than this runs in the calling thread: starting the
 #: workers and limiting BLAS costs about a millisecond.
 SERIAL_BELOW_SECONDS = 0.01
+_CALLING_THREAD = CallingThread()
 
 
 def make_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
-                engine: str = "auto", workers: int | None = None) -> Engine:
-    """The engine for ``loss``: compiled for a Numba dispatcher, Python otherwise."""
-    if not callable(loss):
-        raise InputError(f"loss must be callable, got {type(loss).__name__}")
+                engine: str = "auto", workers: int | None = None,
+                progress: Progress | None = None) -> Engine:
+    """The engine for ``loss``: compiled for a Numba dispatcher, Python otherwise, on
+    ``workers`` threads (default: every core for a compiled loss, the calling thread for
+    a Python one); ``progress(coordinates, evaluations)`` is called after each chunk."""
+    evaluator = make_evaluator(loss, theta, args, layout, engine)
+    workers = evaluator.default_workers if workers is None \
+        else validate.positive_int("workers", workers)
+    executor: Executor = ThreadPool(workers) if workers > 1 else CallingThread()
+    return Engine(evaluator, layout, executor, progress)
+
+
+def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
+                   engine: str = "auto") -> Evaluator:
+    """How ``loss`` is evaluated: compiled chunk kernels for a Numba dispatcher (unless
+    ``engine="python"``), Python calls otherwise."""
+    validate.callable_of("loss", loss)
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "numba" and not is_compiled(loss):
         raise InputError("engine='numba' needs a Numba-compiled loss (an @njit function)")
     if engine in ("auto", "numba") and is_compiled(loss):
-        evaluator: Evaluator = CompiledEvaluator(loss, theta, args, layout)
-    else:
-        evaluator = PythonEvaluator(loss, theta, args, layout, receives_flat=is_compiled(loss))
-    if workers is None:
-        workers = evaluator.default_workers
-    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise InputError(f"workers must be a positive integer, got {workers!r}")
-    return Engine(evaluator, layout, int(workers))
+        return CompiledEvaluator(loss, theta, args, layout)
+    return PythonEvaluator(loss, theta, args, layout, receives_flat=is_compiled(loss))
 
 
 class Engine:
-    """Runs an evaluator; counts evaluations and times them."""
+    """Runs an evaluator on an executor; counts evaluations and times them."""
 
-    def __init__(self, evaluator: Evaluator, layout: ParameterLayout, workers: int):
+    def __init__(self, evaluator: Evaluator, layout: ParameterLayout, executor: Executor,
+                 progress: Progress | None = None):
         self.evaluator = evaluator
         self.layout = layout
-        self.workers = workers
+        self.executor = executor
+        self.progress = progress
         self.evaluations = 0
+        self.chunks = 0  # chunks run by the executor (the calling thread's included)
+        self.batch_seconds = 0.0  # wall time inside batches (perturbed)
         self.seconds_per_evaluation = 1e-3  # refined by every call to at()
-        self.progress: Callable[[int, int], None] | None = None
         self._single: Workspace | None = None  # for at_changed, made on first use
+
+    @property
+    def workers(self) -> int:
+        return self.executor.workers
+
+    def with_evaluator(self, evaluator: Evaluator) -> Engine:
+        """An engine over another evaluator (a complex θ) on the same executor and progress."""
+        return Engine(evaluator, self.layout, self.executor, self.progress)
 
     @property
     def name(self) -> str:
@@ -119,16 +148,21 @@ class Engine:
         rows, points = values.shape
         if rows == 0:
             return np.empty(values.shape)
-        workers = max(1, min(self.workers, rows))
-        if rows * points * self.seconds_per_evaluation < SERIAL_BELOW_SECONDS:
-            workers = 1  # starting threads and limiting BLAS would cost more than they save
+        executor = self.executor
+        if rows * points * self.seconds_per_evaluation < SERIAL_BELOW_SECONDS \
+                or min(executor.workers, rows) <= 1:
+            executor = _CALLING_THREAD  # starting workers would cost more than they save
+        workers = executor.workers
         size = chunk_size(rows, points, workers, self.seconds_per_evaluation)
         started = time.perf_counter()
         try:
-            out, failure = run_chunks(self.evaluator, coords, values, workers=workers,
-                                      rows_per_chunk=size, progress=self.progress)
+            batch = executor.run(self.evaluator, coords, values, rows_per_chunk=size,
+                                 progress=self.progress)
         except NumbaError as error:
             raise InputError(compile_failure(error, self.layout)) from error
+        out, failure = batch.out, batch.failure
+        self.chunks += batch.chunks
+        self.batch_seconds += time.perf_counter() - started
         done = int(np.isfinite(out).sum())
         self.evaluations += done
         if done:
