@@ -379,14 +379,17 @@ def test_keyboard_interrupt_from_the_loss_reaches_the_caller_and_stops_every_wor
 
 
 class FailingProgress:
-    """A progress callback that raises ``error`` at its call number ``at``."""
+    """A progress callback that raises ``error`` once the evaluations it was told of reach
+    ``at``.  (The evaluations a check reports are the same from run to run; its calls are
+    not: the chunks follow the measured time per evaluation.)"""
 
     def __init__(self, error: BaseException | None, at: int):
-        self.error, self.at, self.calls = error, at, 0
+        self.error, self.at, self.calls, self.evaluations = error, at, 0, 0
 
     def __call__(self, coordinates, evaluations):
         self.calls += 1
-        if self.calls == self.at:
+        before, self.evaluations = self.evaluations, self.evaluations + evaluations
+        if before < self.at <= self.evaluations:
             raise self.error
 
 
@@ -408,10 +411,11 @@ def test_a_progress_callback_that_raises_stops_the_check_with_its_error(
     before = snapshot(theta, grad, args)
     counting = FailingProgress(None, 0)
     fg.check(problem.loss, grad, theta, args, workers=workers, progress=counting)
-    if counting.calls == 0:
+    if counting.evaluations == 0:
         return
     error = KeyboardInterrupt() if interrupt else ValueError("planted in the progress callback")
-    progress = FailingProgress(error, data.draw(st.integers(1, counting.calls), label="at call"))
+    progress = FailingProgress(error, data.draw(st.integers(1, counting.evaluations),
+                                                label="at evaluation"))
     caught = raised(BaseException, lambda: fg.check(problem.loss, grad, theta, args,
                                                     workers=workers, progress=progress))
     if interrupt:
