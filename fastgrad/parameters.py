@@ -111,8 +111,8 @@ class ParameterLayout:
             is_dict = True
         elif _sequence_of_arrays(theta):
             raise InputError(
-                f"theta is a {type(theta).__name__} of arrays (or of sequences); give a dict of named arrays, "
-                "e.g. {'W': W, 'b': b} (each array is a group, named in the report), or one "
+                f"theta is a {type(theta).__name__} of arrays (or of sequences); give a dict of named "
+                "arrays, e.g. {'W': W, 'b': b} (each array is a group, named in the report), or one "
                 "array (np.concatenate or np.stack them)")
         else:
             items = [(ARRAY_GROUP, _as_float_array(theta, "theta"))]
@@ -147,7 +147,7 @@ class ParameterLayout:
             arrays = [np.asarray(theta)]
         else:
             return self.from_theta(theta, dtype)
-        if not all(a.shape == g.shape for a, g in zip(arrays, self.groups)) \
+        if not all(a.shape == g.shape for a, g in zip(arrays, self.groups, strict=True)) \
                 or self._source != (dtype, tuple(a.dtype for a in arrays)):
             return self.from_theta(theta, dtype)
         flat = self._concatenate(arrays)
@@ -170,7 +170,7 @@ class ParameterLayout:
             if isinstance(value, Mapping):
                 raise InputError(f"{what} is a dict but theta is an array")
             arrays = [_as_real_array(value, what)]
-        for group, array in zip(self.groups, arrays):
+        for group, array in zip(self.groups, arrays, strict=True):
             if tuple(array.shape) != group.shape:
                 label = f"{what}[{group.name!r}]" if self.is_dict else what
                 raise InputError(f"{label} has shape {array.shape}, theta's is {group.shape}")
