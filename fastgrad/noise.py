@@ -378,6 +378,7 @@ def _ecnoise_along(line: Callable[[float], float], f0, dtype, step: float, nf: i
             bounds.append(noise_bound(fvals))
     else:
         sigma = min(bounds, default=0.0)
+    assert code is not None  # max_tries >= 1: ECnoise ran at least once
     returned = values_dtype(seen) if dtype == np.float32 else np.dtype(np.float64)
     floor = float(np.finfo(returned).eps) * abs(f0)
     return NoiseEstimate(sigma=max(sigma, floor), f0=f0, evaluations=evaluations, code=code,
