@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import InputError
 
 #: Name of the single group when ``theta`` is a bare array.
 ARRAY_GROUP = "theta"
+
+#: What ``theta`` may be: one float array (any shape), or a dict of named float arrays.
+Theta: TypeAlias = ArrayLike | Mapping[str, ArrayLike]
+#: An analytic gradient: ``grad(theta, *args)`` giving theta's structure, or that value itself.
+Gradient: TypeAlias = Callable[..., Any] | ArrayLike | Mapping[str, ArrayLike]
+#: ``sample=``: a number of coordinates, a fraction of them, or flat indices.
+Sample: TypeAlias = int | float | Sequence[int] | np.ndarray
 
 
 @dataclass(frozen=True)
