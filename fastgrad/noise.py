@@ -82,9 +82,9 @@ def values_dtype(values) -> np.dtype:
     unless it is a small integer or a short binary fraction, where the float32 floor
     errs large (a looser verdict, never a false alarm).
     """
-    return np.dtype(np.float32) if all(
-        not math.isfinite(v) or float(np.float32(v)) == v for v in values
-    ) else np.dtype(np.float64)
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: not float32
+        is_float32 = all(not math.isfinite(v) or float(np.float32(v)) == v for v in values)
+    return np.dtype(np.float32) if is_float32 else np.dtype(np.float64)
 
 
 def noise_levels(fvals) -> tuple[np.ndarray, np.ndarray]:
