@@ -311,7 +311,7 @@ def main() -> int:
     analytic = mlp.flatten(mlp.grad(problem.params, *args))
 
     print("# fastgrad parallel efficiency: full check of the Numba MLP loss\n")
-    print(f"- command: `{' '.join([os.path.basename(sys.executable)] + sys.argv)}`")
+    print(f"- command: `{' '.join([os.path.basename(sys.executable), *sys.argv])}`")
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {cores} available "
           f"to this process; {platform.system()} {platform.release()}")
@@ -411,7 +411,7 @@ def main() -> int:
     print(f"\nTarget E ≥ {TARGET} with {best} workers (E on 2n, T_f Python, {which} checks): "
           f"**{'met' if e_best >= TARGET else 'NOT met'}** ({e_best:.3f}).")
     scaling = [(one["seconds"] / (best * many["seconds"]), one["quiet"] and many["quiet"])
-               for one, many in zip(by_workers[1], by_workers[best])]
+               for one, many in zip(by_workers[1], by_workers[best], strict=True)]
     shown = [e for e, quiet in scaling if quiet] or [e for e, _ in scaling]
     print(f"Without T_f: T_check(1) / ({best}·T_check({best})), same round: "
           f"{spread(shown, '.3f')} ({sum(quiet for _, quiet in scaling)} rounds with both "

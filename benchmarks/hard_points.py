@@ -85,7 +85,7 @@ def judge(model: HardModel, gradient: str, grad, wanted: str) -> Row:
     sampled = fastgrad.check(model.loss, grad, model.theta, model.args, sample=0.1, seed=0)
     seed, seed_error = seed_verdict(model, grad)
     scipy, scipy_error = scipy_verdict(model, grad)
-    verdicts = dict(zip(METHODS, (full.verdict, sampled.verdict, seed, scipy)))
+    verdicts = dict(zip(METHODS, (full.verdict, sampled.verdict, seed, scipy), strict=True))
     return Row(model.name, gradient, wanted, verdicts,
                {"seed eps=1e-7": seed_error, "scipy check_grad": scipy_error})
 
@@ -128,7 +128,7 @@ def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
     widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
                      for cells in [header, ["-" * width for width in widths], *body])
 
 

@@ -87,7 +87,7 @@ def interleaved(example, steps: int, reps: int, every: int) -> dict:
                 assert all(entry["verdict"] == "pass" for entry in result.monitor.history)
             else:
                 off.append(result.seconds)
-    paired = [(a - b) / b for a, b in zip(on, off)]
+    paired = [(a - b) / b for a, b in zip(on, off, strict=True)]
     return {"off": off, "on": on, "check_seconds": check_seconds, "per_check": per_check,
             "checks": checks, "paired": paired}
 

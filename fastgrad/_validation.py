@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 
@@ -166,15 +167,17 @@ def bind_keywords(loss: Callable, grad, positional: tuple, keywords: dict, compi
             return user_grad(theta, *positional, **keywords)
     if compiled:
         return loss, grad, _in_positions(loss, positional, keywords)
-    user_loss = loss
 
-    def loss(theta, *_):
-        return user_loss(theta, *positional, **keywords)
-    return loss, grad, positional
+    def keyword_loss(theta, *_):
+        return loss(theta, *positional, **keywords)
+    return keyword_loss, grad, positional
 
 
-def _in_positions(function: Callable, positional: tuple, keywords: dict) -> tuple:
-    """A compiled function's extra arguments with ``keywords`` placed by its signature."""
+def _in_positions(function: Any, positional: tuple, keywords: dict) -> tuple:
+    """A compiled function's extra arguments with ``keywords`` placed by its signature.
+
+    ``function`` is a Numba dispatcher: its signature is its Python function's (``py_func``).
+    """
     signature = inspect.signature(function.py_func)
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in signature.parameters.values()):
         raise InputError("kwargs= cannot be given to a compiled loss with *args or **kwargs: "

@@ -24,7 +24,7 @@ PASSED, FAILED, USAGE = 0, 1, 2
 INTERRUPTED, BROKEN_PIPE = 130, 141
 
 #: NumPy's warning on casting complex to real (numpy.exceptions since NumPy 1.25).
-ComplexWarning = getattr(getattr(np, "exceptions", np), "ComplexWarning")
+ComplexWarning = getattr(np, "exceptions", np).ComplexWarning
 
 
 class UsageError(Exception):
@@ -131,7 +131,7 @@ def check_command(options) -> int:
     except KeyboardInterrupt:
         print("fastgrad: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except Exception as error:  # noqa: BLE001 -- every failure is one line and USAGE
+    except Exception as error:  # every failure is one line and USAGE
         if options.traceback:
             _print_traceback(error)
         print(f"fastgrad: {_describe(error, options.traceback)}", file=sys.stderr)
@@ -187,7 +187,7 @@ def load_model(path: str) -> dict:
     except SystemExit as error:
         raise UsageError(f"{path} called sys.exit({error.code!r}) while loading; a model file "
                          "defines loss, grad and theta without exiting") from error
-    except Exception as error:  # noqa: BLE001 -- the model file's own failure, in one line
+    except Exception as error:  # the model file's own failure, in one line
         raise UsageError(f"{path} raised {_describe(error)} while loading") from error
     missing = [name for name in ("loss", "grad", "theta") if name not in namespace]
     if missing:
@@ -314,7 +314,7 @@ def _one_line(error: BaseException) -> str:
     """The message on one line; an exception whose str() raises is named by its type."""
     try:
         text = str(error)
-    except Exception:  # noqa: BLE001 -- the user's __str__ failed: say what we know
+    except Exception:  # the user's __str__ failed: say what we know
         text = f"<{type(error).__name__} whose message cannot be printed>"
     return " ".join(text.split())
 

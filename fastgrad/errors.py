@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import Report
+
 
 class GradientCheckError(Exception):
     """Base class of fastgrad's own errors."""
@@ -14,7 +19,7 @@ class InputError(GradientCheckError, ValueError):
 class LossError(GradientCheckError, RuntimeError):
     """The loss raised, or returned a non-finite or non-scalar value, during a check."""
 
-    def __init__(self, message: str, *, coordinate: str | None = None, step: float | None = None):
+    def __init__(self, message: str, *, coordinate: str | None = None, step: float | None = None) -> None:
         super().__init__(message)
         self.coordinate = coordinate
         self.step = step
@@ -23,7 +28,7 @@ class LossError(GradientCheckError, RuntimeError):
 class GradientMismatch(AssertionError):
     """:func:`fastgrad.assert_gradient` found the gradient wrong; ``.report`` says how."""
 
-    def __init__(self, report):
+    def __init__(self, report: Report) -> None:
         super().__init__("\n" + str(report))
         self.report = report
 

@@ -82,10 +82,9 @@ def values_dtype(values) -> np.dtype:
     unless it is a small integer or a short binary fraction, where the float32 floor
     errs large (a looser verdict, never a false alarm).
     """
-    largest = float(np.finfo(np.float32).max)
-    return np.dtype(np.float32) if all(
-        not math.isfinite(v) or (abs(v) <= largest and float(np.float32(v)) == v) for v in values
-    ) else np.dtype(np.float64)
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: not float32
+        is_float32 = all(not math.isfinite(v) or float(np.float32(v)) == v for v in values)
+    return np.dtype(np.float32) if is_float32 else np.dtype(np.float64)
 
 
 def noise_levels(fvals) -> tuple[np.ndarray, np.ndarray]:
@@ -379,6 +378,7 @@ def _ecnoise_along(line: Callable[[float], float], f0, dtype, step: float, nf: i
             bounds.append(noise_bound(fvals))
     else:
         sigma = min(bounds, default=0.0)
+    assert code is not None  # max_tries >= 1: ECnoise ran at least once
     returned = values_dtype(seen) if dtype == np.float32 else np.dtype(np.float64)
     floor = float(np.finfo(returned).eps) * abs(f0)
     return NoiseEstimate(sigma=max(sigma, floor), f0=f0, evaluations=evaluations, code=code,

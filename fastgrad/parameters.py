@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import InputError
 
 #: Name of the single group when ``theta`` is a bare array.
 ARRAY_GROUP = "theta"
+
+#: What ``theta`` may be: one float array (any shape), or a dict of named float arrays.
+Theta: TypeAlias = ArrayLike | Mapping[str, ArrayLike]
+#: An analytic gradient: ``grad(theta, *args)`` giving theta's structure, or that value itself.
+Gradient: TypeAlias = Callable[..., Any] | ArrayLike | Mapping[str, ArrayLike]
+#: ``sample=``: a number of coordinates, a fraction of them, or flat indices.
+Sample: TypeAlias = int | float | Sequence[int] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -111,8 +120,8 @@ class ParameterLayout:
             is_dict = True
         elif _sequence_of_arrays(theta):
             raise InputError(
-                f"theta is a {type(theta).__name__} of arrays (or of sequences); give a dict of named arrays, "
-                "e.g. {'W': W, 'b': b} (each array is a group, named in the report), or one "
+                f"theta is a {type(theta).__name__} of arrays (or of sequences); give a dict of named "
+                "arrays, e.g. {'W': W, 'b': b} (each array is a group, named in the report), or one "
                 "array (np.concatenate or np.stack them)")
         else:
             items = [(ARRAY_GROUP, _as_float_array(theta, "theta"))]
@@ -147,7 +156,7 @@ class ParameterLayout:
             arrays = [np.asarray(theta)]
         else:
             return self.from_theta(theta, dtype)
-        if not all(a.shape == g.shape for a, g in zip(arrays, self.groups)) \
+        if not all(a.shape == g.shape for a, g in zip(arrays, self.groups, strict=True)) \
                 or self._source != (dtype, tuple(a.dtype for a in arrays)):
             return self.from_theta(theta, dtype)
         flat = self._concatenate(arrays)
@@ -170,7 +179,7 @@ class ParameterLayout:
             if isinstance(value, Mapping):
                 raise InputError(f"{what} is a dict but theta is an array")
             arrays = [_as_real_array(value, what)]
-        for group, array in zip(self.groups, arrays):
+        for group, array in zip(self.groups, arrays, strict=True):
             if tuple(array.shape) != group.shape:
                 label = f"{what}[{group.name!r}]" if self.is_dict else what
                 raise InputError(f"{label} has shape {array.shape}, theta's is {group.shape}")

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -43,7 +44,7 @@ ALPHA = 0.05
 
 
 def log_miss_probability(size: int, bugged: int, sampled: int) -> float:
-    """log P(miss) = log C(N − K, k) − log C(N, k); −inf when k > N − K."""
+    """Log of P(miss) = C(N − K, k) / C(N, k) for K bugged of N, k sampled; −inf when k > N − K."""
     if sampled > size - bugged:
         return -math.inf
     return _log_comb(size - bugged, sampled) - _log_comb(size, sampled)
@@ -94,15 +95,19 @@ def allocate(sizes: list[int], budget: int, floor: int = FLOOR) -> list[int]:
 
 
 def floored_allocation(sizes: list[int], budget: int, floor: int = FLOOR) -> list[int]:
-    """Per-group sample sizes: min(size, floor) each whatever the budget, then the rest of
-    ``budget`` (if any) in proportion to the group sizes, as in :func:`allocate`; they sum
-    to max(budget, Σ min(size, floor))."""
+    """Per-group sample sizes, at least min(size, floor) each whatever the budget.
+
+    The rest of ``budget`` (if any) is shared in proportion to the group sizes, as in
+    :func:`allocate`; the sizes sum to max(budget, Σ min(size, floor)).
+    """
     return _share_rest(sizes, [min(size, floor) for size in sizes], budget)
 
 
 def _share_rest(sizes: list[int], counts: list[int], budget: int) -> list[int]:
-    """``counts`` raised until they sum to ``budget``, in proportion to the sizes of the
-    groups not yet whole (largest remainders), never beyond a group's size."""
+    """``counts`` raised until they sum to ``budget``, never beyond a group's size.
+
+    Shared in proportion to the sizes of the groups not yet whole (largest remainders).
+    """
     remaining = budget - sum(counts)
     while remaining > 0:
         open_groups = [i for i, size in enumerate(sizes) if counts[i] < size]
@@ -132,9 +137,11 @@ class GroupCoverage:
 
     @property
     def caught_fraction(self) -> float:
+        """The share of the group that a bug must touch to be caught w.p. ≥ 1 − alpha."""
         return self.caught_from / self.size
 
     def to_dict(self) -> dict:
+        """The fields and ``caught_fraction``, as plain values (for JSON)."""
         return {**self.__dict__, "caught_fraction": self.caught_fraction}
 
 
@@ -151,6 +158,7 @@ class Coverage:
 
     @property
     def sampled(self) -> int:
+        """The number of sampled coordinates, k."""
         return int(self.coords.size)
 
     @property
@@ -179,6 +187,7 @@ class Coverage:
         return min(bound, size - self.sampled + 1)
 
     def lines(self) -> list[str]:
+        """The guarantee as text: overall, then one line per group."""
         size = sum(g.size for g in self.groups)
         if self.caught_from is None:
             overall = "a group is not sampled: a bug confined to it cannot be caught"
@@ -206,6 +215,7 @@ class Coverage:
         return "\n".join([*self.lines(), cost])
 
     def to_dict(self) -> dict:
+        """The counts and guarantees, overall and per group, as plain values (for JSON)."""
         return {"sampled": self.sampled, "alpha": self.alpha, "caught_from": self.caught_from,
                 "floor_raised_from": self.floor_raised_from, "evaluations": self.evaluations,
                 "groups": [g.to_dict() for g in self.groups]}
@@ -217,9 +227,11 @@ def _share(count: int, size: int) -> str:
 
 def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, seed=None,
                        alpha: float | None = None) -> Coverage:
-    """Stratified sample of flat coordinates: ``sample=k`` (int or fraction of n; at least
-    min(N_g, 16) per group), ``sample=`` flat indices, or ``detect=(p, alpha)`` (k per
-    group for a bug touching a fraction p caught w.p. ≥ 1 − alpha).
+    """Stratified sample of flat coordinates, and the guarantee it gives.
+
+    ``sample=k`` (int or fraction of n; at least min(N_g, 16) per group), ``sample=`` flat
+    indices, or ``detect=(p, alpha)`` (k per group for a bug touching a fraction p caught
+    w.p. ≥ 1 − alpha).
     """
     if sample is not None and detect is not None:
         raise InputError("give sample= or detect=, not both")
@@ -236,7 +248,7 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
         counts = floored_allocation(sizes, budget)
     rng = np.random.default_rng(seed)
     chosen = [group.offset + rng.choice(group.size, size=count, replace=False)
-              for group, count in zip(layout.groups, counts)]
+              for group, count in zip(layout.groups, counts, strict=True)]
     coverage = coverage_of(layout, np.concatenate(chosen), ALPHA if alpha is None else alpha)
     if budget is not None and coverage.sampled > budget:
         coverage = dataclasses.replace(coverage, floor_raised_from=budget)
@@ -247,21 +259,26 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
 SAMPLE_STREAM, DIRECTIONS_STREAM = 0, 1
 
 
-def generators(seed) -> tuple[np.random.Generator, np.random.Generator, int]:
-    """Independent generators for the sample and the directions of one check, from ``seed``
-    (None: fresh entropy), and the entropy that reproduces them."""
+def generators(seed: int | None) -> tuple[np.random.Generator, np.random.Generator, int]:
+    """Independent generators for the sample and the directions of one check, from ``seed``.
+
+    ``seed`` None draws fresh entropy; the entropy returned reproduces both generators.
+    """
     entropy = check_entropy(seed)
     return stream(entropy, SAMPLE_STREAM), stream(entropy, DIRECTIONS_STREAM), entropy
 
 
-def check_entropy(seed) -> int:
+def check_entropy(seed: int | None) -> int:
     """The entropy of ``seed`` (None: fresh), which reproduces every stream of a check."""
-    return np.random.SeedSequence(seed).entropy
+    # An int seed is its own entropy, and fresh entropy is an int (NumPy types both int | Sequence[int]).
+    return cast(int, np.random.SeedSequence(seed).entropy)
 
 
 def stream(entropy: int, key: int) -> np.random.Generator:
-    """Stream ``key`` of a check: SeedSequence(entropy).spawn(2)[key]'s generator, built
-    alone (a check needs one or two of them, at ~10 µs each)."""
+    """Stream ``key`` of a check: the generator of SeedSequence(entropy).spawn(2)[key].
+
+    Built alone, without spawning the others (a check needs one or two, at ~10 µs each).
+    """
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(key,)))
 
 
@@ -273,7 +290,7 @@ def coverage_of(layout: ParameterLayout, coords: np.ndarray, alpha: float = ALPH
         coords = np.sort(coords)
     counts = np.bincount(layout.group_index(coords), minlength=len(layout.groups))
     groups = [GroupCoverage(g.name, g.size, int(count), smallest_caught(g.size, int(count), alpha))
-              for g, count in zip(layout.groups, counts)]
+              for g, count in zip(layout.groups, counts, strict=True)]
     return Coverage(coords, groups, alpha)
 
 
@@ -303,4 +320,6 @@ def _budget(sample, size: int) -> int:
 def _check_detect(detect) -> tuple[float, float]:
     from ._validation import detect as validated_detect
 
-    return validated_detect(detect)
+    checked = validated_detect(detect)
+    assert checked is not None  # detect is not None here
+    return checked

@@ -86,7 +86,7 @@ def run_bench(quick: bool = False, output: str = "fastgrad-bench", plot: bool = 
     quiet = []
     for step, (key, title, measure) in enumerate(plan, 1):
         print(f"[{step}/{len(plan)}] {title} ...", file=sys.stderr, flush=True)
-        machine_load = {"waited_s": 0.0, "others_cores": None, "quiet": None} if quick \
+        machine_load: dict = {"waited_s": 0.0, "others_cores": None, "quiet": None} if quick \
             else wait_until_quiet(QUIET_WAIT_S)
         quiet.append(machine_load["quiet"])
         began = time.perf_counter()
@@ -112,7 +112,7 @@ def run_bench(quick: bool = False, output: str = "fastgrad-bench", plot: bool = 
 def _run_one(key: str, title: str, measure) -> Section:
     try:
         return measure()
-    except Exception as error:  # noqa: BLE001 -- one broken comparison must not lose the others' figures
+    except Exception as error:  # one broken comparison must not lose the others' figures
         message = f"{type(error).__name__}: {error}"
         print(f"  error in {title}: {message}", file=sys.stderr, flush=True)
         return Section(key, title, {"error": message, "traceback": traceback.format_exc()},

@@ -13,10 +13,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 from ..engine import available_cores
 
 MET, MISSED, SKIPPED, NOT_APPLICABLE = "met", "MISSED", "skipped", "n/a"
+T = TypeVar("T")
+#: An MLP's (d, h, c): inputs, hidden units, classes.
+Shape = tuple[int, int, int]
 
 
 # ------------------------------------------------------------------------------ results
@@ -65,13 +69,13 @@ class Sizes:
     """Problem sizes and repeats of one run (MLP shapes are (d, h, c); m samples)."""
 
     m: int  # samples of the MLP data in every MLP comparison
-    naive_shapes: tuple  # full check against the naive loops (and SciPy, torch)
-    scaling_shapes: tuple  # efficiency and full-check growth (n ≈ 10^3, 10^4, 10^5)
-    sampled_shapes: tuple  # sampled and directional growth (up to 10^6)
+    naive_shapes: tuple[Shape, ...]  # full check against the naive loops (and SciPy, torch)
+    scaling_shapes: tuple[Shape, ...]  # efficiency and full-check growth (n ≈ 10^3, 10^4, 10^5)
+    sampled_shapes: tuple[Shape, ...]  # sampled and directional growth (up to 10^6)
     sample_k: int
     repeats: int  # timed repeats of each check (the median is reported)
     single_calls: int  # single loss calls whose median is T_f
-    startup_shape: tuple
+    startup_shape: Shape
     cold_runs: int
     warm_runs: int
     memory_sizes: tuple  # n of the memory subprocesses (sparse logistic loss, O(1) per call)
@@ -81,7 +85,7 @@ class Sizes:
     monitor_steps: int
     monitor_batch: int
     monitor_every: int
-    monitor_shape: tuple
+    monitor_shape: Shape
     monitor_repeats: int
 
 
@@ -101,7 +105,7 @@ QUICK = Sizes(m=8, naive_shapes=((8, 16, 4),), scaling_shapes=((8, 16, 4), (20, 
               monitor_shape=(20, 40, 5), monitor_repeats=1)
 
 
-def mlp_size(shape: tuple) -> int:
+def mlp_size(shape: Shape) -> int:
     d, h, c = shape
     return d * h + h + h * c + c
 
@@ -119,7 +123,7 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> t
     return statistics.median(times), times
 
 
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
     """``fn()`` and its wall time."""
     started = time.perf_counter()
     value = fn()
@@ -247,7 +251,7 @@ def _machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def timed_cpu(fn: Callable[[], object]) -> tuple[object, float, float, float | None]:
+def timed_cpu(fn: Callable[[], T]) -> tuple[T, float, float, float | None]:
     """``fn()``, its wall time, this process's CPU time meanwhile (every thread), and the
     cores other processes used meanwhile (None without /proc/stat; 10 ms resolution)."""
     busy, cpu = _machine_busy_seconds(), time.process_time()

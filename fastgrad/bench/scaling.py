@@ -237,7 +237,9 @@ def _directional(problem, t_f: float) -> dict:
     clean = check(mlp.loss, mlp.grad, problem.params, args, directions=2, seed=0)
     wrong = mlp.flatten(mlp.grad(problem.params, *args))
     planted = problem.d * problem.h // 2 + min(7, problem.h - 1)  # inside W1
-    wrong[planted] += PLANTED_SENSITIVITIES * clean.sensitivity / max(1.0, abs(problem.theta[planted]))
+    sensitivity = clean.sensitivity
+    assert sensitivity is not None  # measured by every check with directions
+    wrong[planted] += PLANTED_SENSITIVITIES * sensitivity / max(1.0, abs(problem.theta[planted]))
     grad = mlp.unflatten(wrong, problem.d, problem.h, problem.c)
     report, seconds = timed(lambda: check(mlp.loss, grad, problem.params, args, directions=2,
                                           seed=0))

@@ -53,7 +53,7 @@ def _monitor(sizes: Sizes, **options) -> Monitor:
 def _rounds(problem, sizes: Sizes, variants: dict) -> dict:
     """Per variant (None: no monitor), the loop's wall times and the monitors' own seconds."""
     steps, batch = sizes.monitor_steps, sizes.monitor_batch
-    results = {name: {"wall_s": [], "monitor_s": [], "checks": 0} for name in variants}
+    results: dict[str, dict] = {name: {"wall_s": [], "monitor_s": [], "checks": 0} for name in variants}
     for _ in range(max(1, sizes.monitor_repeats)):
         for name, options in variants.items():
             monitor = None if options is None else _monitor(sizes, **options)

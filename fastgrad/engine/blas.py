@@ -16,7 +16,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: Use threadpoolctl when importable.  Set to False to force the fallback (tests do).
 USE_THREADPOOLCTL = True
@@ -90,7 +90,7 @@ def _scan_openblas() -> list[tuple[str, tuple]]:
     for path in paths:
         if path not in _controls_by_path and "openblas" in os.path.basename(path):
             _controls_by_path[path] = _symbols(path)
-    return [(path, _controls_by_path[path]) for path in paths if _controls_by_path.get(path)]
+    return [(path, controls) for path in paths if (controls := _controls_by_path.get(path))]
 
 
 def _symbols(path: str) -> tuple | None:
@@ -111,11 +111,11 @@ def _symbols(path: str) -> tuple | None:
 #: The limits in force, one per active limit_blas_threads (in any thread), in order of
 #: entry, and how to restore the settings found by the first of them.
 _active: list[list[int]] = []
-_restore_original = None
+_restore_original: Callable[[], None] | None = None
 _active_lock = threading.Lock()
 
 
-def _apply(limit: int):
+def _apply(limit: int) -> Callable[[], None]:
     """Set every loaded BLAS pool to ``limit`` threads; return a function restoring what
     they had before."""
     tpc = _threadpoolctl() if USE_THREADPOOLCTL else None
@@ -154,6 +154,7 @@ def limit_blas_threads(limit: int = 1) -> Iterator[None]:
                 _apply(_active[-1][0])
             else:
                 original, _restore_original = _restore_original, None
+                assert original is not None  # set by the first of the active limits
                 original()
 
 
