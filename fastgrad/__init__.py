@@ -15,8 +15,11 @@ __version__ = "0.1.0"
 
 
 def plan_sample(theta, *, sample=None, detect=None, seed=None) -> Coverage:
-    """Which coordinates ``check(theta=..., sample=/detect=, seed=)`` would check, what that
-    sample vouches for, and its cost in loss evaluations, without evaluating anything."""
+    """Plan a sampled check without evaluating anything.
+
+    Which coordinates ``check(theta=..., sample=/detect=, seed=)`` would check, what that
+    sample vouches for, and its cost in loss evaluations.
+    """
     from . import _validation as validate
     from .parameters import ParameterLayout
 

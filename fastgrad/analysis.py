@@ -76,7 +76,7 @@ def noise_multiplier(count: int, false_alarm: float = FALSE_ALARM) -> float:
     return NOISE_ESTIMATE_FACTOR * math.sqrt(2.0 * math.log(max(count, 1) / false_alarm))
 
 
-def evaluation_noise(references, f_plus, f_minus, dtype) -> np.ndarray:
+def evaluation_noise(references, f_plus, f_minus, dtype) -> np.ndarray | float:
     """σ_i = max over the references (σ, f_r) of σ·max(1, G), and u·max(|f_+|, |f_-|).
 
     Each reference is a noise level σ measured where f = f_r (at θ; and one step away when

@@ -102,9 +102,12 @@ def check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None
 
 def assert_gradient(loss: Callable, grad, theta, args=(), *, strict: bool = False,
                     **options) -> Report:
-    """Like :func:`check`, but raise :class:`fastgrad.GradientMismatch` (an AssertionError
-    carrying ``.report``, with the report as message) on "fail", and on "warn" too with
-    ``strict=True``.  Returns the report otherwise."""
+    """Check like :func:`check`, and raise if the gradient is wrong.
+
+    Raises :class:`fastgrad.GradientMismatch` (an AssertionError carrying ``.report``, with
+    the report as message) on "fail", and on "warn" too with ``strict=True``.  Returns the
+    report otherwise.
+    """
     __tracebackhide__ = True  # pytest shows the caller's line, not fastgrad's frames
     strict = validate.flag("strict", strict)
     report = check(loss, grad, theta, args, **options)
@@ -126,11 +129,11 @@ def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central
     loss, _, args = validate.bind_keywords(loss, None, options.args, options.kwargs,
                                            is_compiled(loss))
     layout, theta_flat = ParameterLayout.from_theta(theta, options.dtype)
-    method = options.method
-    relative_step = method.default_step(layout.dtype) if options.eps is None else options.eps
+    chosen = options.method
+    relative_step = chosen.default_step(layout.dtype) if options.eps is None else options.eps
     require_representable_steps(theta_flat, relative_step, layout.label)
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     f0 = run.at(theta_flat)  # a clear error before the kernels run, if the loss is unusable
     plan = Plan.for_coords(theta_flat, np.arange(layout.size, dtype=np.int64), relative_step)
-    return layout.structured(numerical_derivatives(run, plan, theta_flat, method, loss, args,
+    return layout.structured(numerical_derivatives(run, plan, theta_flat, chosen, loss, args,
                                                    layout, f0))

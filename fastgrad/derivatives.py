@@ -69,16 +69,18 @@ class Context:
     def noise_references(self) -> tuple[tuple[float, float], ...]:
         """(σ, f) where the noise was measured: see :func:`analysis.evaluation_noise`."""
         away = ((self.displaced.sigma, self.displaced.f0),) if self.displaced else ()
-        return away if self.theta_outlier else ((self.sigma, self.f0),) + away
+        return away if self.theta_outlier else ((self.sigma, self.f0), *away)
 
     def judged_noise(self, noise: NoiseEstimate) -> NoiseEstimate:
         """The estimate the differences are judged with: ``noise`` (at θ), or the one a step
         away when f(θ) is an outlier."""
-        return self.displaced if self.theta_outlier else noise
+        if self.displaced is not None and self.theta_outlier:
+            return self.displaced
+        return noise
 
     def noise_notes(self) -> list[str]:
         """What the report says about where the noise was measured."""
-        if not self.theta_outlier:
+        if self.displaced is None or not self.theta_outlier:
             return []
         return [f"f(theta) is off the loss around it (a jump or a spike exactly at theta): the noise "
                 f"measured through theta ({self.sigma:.2e}) is that jump; the differences, which "
@@ -230,19 +232,22 @@ def _rounding_of(context: Context):
 
 
 def _refine(context: Context, again: Plan, method: Method, rows, analytic, near, near_taken,
-            numerical, rounding_std, error, marks, multiplier, allowance) -> None:
+            numerical, rounding_std, error, marks: tuple[np.ndarray, np.ndarray], multiplier,
+            allowance) -> None:
     """Second step for the disagreeing rows: truncation estimate, then kinks (in place)."""
     far, far_taken = stencil(context.run, again, context.theta, method.refine_offsets)
     refined = method.refine(near, near_taken, far, far_taken, numerical[rows],
                             rounding_std[rows], _rounding_of(context))
     numerical[rows] = refined.value
     error[rows] = multiplier * refined.rounding + refined.truncation + allowance
+    kink, unresolved = marks
     rough = _kinks(context, rows, analytic, refined.plus, refined.minus, numerical, error,
-                   *marks, multiplier, allowance)
+                   kink, unresolved, multiplier, allowance)
     if refined.outer is not None:
         # A kink within the outer pair's reach spoils the refinement without showing in the
         # inner smoothness test: the same test on the outer pair.
-        rough |= _not_smooth(context, *refined.outer, multiplier) \
+        f_plus, f_plus2, f_minus, f_minus2, step = refined.outer
+        rough |= _not_smooth(context, f_plus, f_plus2, f_minus, f_minus2, step, multiplier) \
             & (np.abs(numerical[rows] - analytic) > error[rows])
     if refined.outer is not None and rough.any():
         _narrow(context, again.subset(np.flatnonzero(rough)), rows[rough], analytic[rough],
@@ -335,6 +340,7 @@ def _complex(context: Context, plan: Plan, multiplier: float, allowance) -> Coor
     The complex step has no cancellation: its error is that of computing the
     derivative itself, about the loss's relative noise ρ times the derivative.
     """
+    assert context.complex_run is not None  # built for method "complex" (pipeline stage 2)
     numerical = complex_step(context.complex_run, plan, context.theta)
     relative_noise = max(context.sigma / max(abs(context.f0), np.finfo(float).tiny),
                          float(np.finfo(np.float64).eps))

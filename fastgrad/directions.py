@@ -174,7 +174,7 @@ class DirectionalTester:
         # u·(log2 n + 1)·Σ|g_i·Δ_i| (Higham, Accuracy and Stability, §4.2).
         pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.shape[1], 2)) + 1.0)
         results = []
-        for (f_plus, f_minus), a, size, shifted in zip(values, analytic, magnitude, moved):
+        for (f_plus, f_minus), a, size, shifted in zip(values, analytic, magnitude, moved, strict=True):
             noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus,
                                               self.values_dtype)
             rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
@@ -237,8 +237,8 @@ def run_directions(tester: DirectionalTester, count: int, rng: np.random.Generat
     directions = tester.gaussian(rng, count)
     firsts = tester.differences(directions, 1.0)
     results = [tester.test(v, f"direction {j + 1}", first=first)
-               for j, (v, first) in enumerate(zip(directions, firsts))]
-    for j, (direction, result) in enumerate(zip(directions, results)):
+               for j, (v, first) in enumerate(zip(directions, firsts, strict=True))]
+    for j, (direction, result) in enumerate(zip(directions, results, strict=True)):
         if any(r.failed for r in results):
             break  # the verdict is made: the rest keep their first, coarser test
         if result.truncation > tester.multiplier * result.rounding:

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validation as validate
-from .pipeline import Continuation, run_check
 from .errors import GradientMismatch, InputError
 from .parameters import ParameterLayout
+from .pipeline import Continuation, run_check
 from .report import Report
 from .sampling import ALPHA, Coverage, GroupCoverage, allocate, coverage_of
-
 
 #: The options of :func:`fastgrad.check` that a Monitor passes on to each of its checks.
 PASSED_OPTIONS = ("kwargs", "method", "eps", "dtype", "workers", "engine", "progress")
@@ -138,8 +137,10 @@ class Monitor:
         return report
 
     def _next_sample(self, theta) -> Coverage:
-        """The next coordinates of the rotation, and what they vouch for (the same counts
-        per group at every check, hence the same guarantee)."""
+        """The next coordinates of the rotation, and what they vouch for.
+
+        The same counts per group at every check, hence the same guarantee.
+        """
         if self._rotations is None:
             layout, _ = ParameterLayout.from_theta(theta, self._options.dtype)
             self._layout = layout
@@ -149,8 +150,9 @@ class Monitor:
         start = self._checks
         self._checks += 1
         coords = np.sort(np.concatenate([rotation.take(start * count, count) for rotation, count
-                                         in zip(self._rotations, self._counts)]))
+                                         in zip(self._rotations, self._counts, strict=True)]))
         if self._guarantee is None:
+            assert self._layout is not None  # set with the rotations
             self._guarantee = coverage_of(self._layout, coords, presorted=True).groups
         return Coverage(coords, self._guarantee, ALPHA)
 
@@ -170,5 +172,5 @@ class Monitor:
             warnings.warn(f"gradient check failed at step {self.history[-1]['step']}: "
                           f"{report.failed} coordinate(s) disagree, worst {worst}",
                           GradientCheckWarning, stacklevel=3)
-        else:
+        elif callable(self.on_fail):
             self.on_fail(report)

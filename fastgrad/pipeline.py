@@ -101,7 +101,8 @@ def run_check(loss: Callable, grad, theta, options: validate.CheckOptions,
     try:
         run = make_engine(prepared.loss, prepared.theta, prepared.args, prepared.layout,
                           options.engine, options.workers,
-                          bar if bar is not None else options.progress or None)
+                          bar if bar is not None
+                          else options.progress if callable(options.progress) else None)
         f0 = run.at(prepared.theta)
         clock = [time.perf_counter()]
 
@@ -155,7 +156,8 @@ def prepare(loss: Callable, grad, theta, options: validate.CheckOptions,
     entropy = check_entropy(options.seed) if drawn or own_directions else None
     if sampled:
         coverage = sample_coordinates(layout, sample=sample, detect=detect,
-                                      seed=stream(entropy, SAMPLE_STREAM) if drawn else None)
+                                      seed=stream(entropy, SAMPLE_STREAM)
+                                      if entropy is not None and drawn else None)
     method = options.method
     relative_step = method.default_step(layout.dtype) if options.eps is None else options.eps
     require_representable_steps(theta_flat, max(relative_step, directional_relative_step(
@@ -201,8 +203,9 @@ def measure_noise(prepared: Prepared, run: Engine, f0: float) -> tuple[Context, 
     """Stage 2: the noise σ at θ (and one step away where it matters), and the context of
     every difference; also the complex-step engine, for ``method="complex"``."""
     theta = prepared.theta
-    noise = _noise_at_theta(run, theta, prepared.coverage.coords if prepared.sparse_noise
-                            else None)
+    sampled = prepared.coverage.coords if prepared.coverage is not None \
+        and prepared.sparse_noise else None
+    noise = _noise_at_theta(run, theta, sampled)
     require_same(f0, noise.f0, prepared.layout.dtype, "twice in a row")
     displaced = None
     if not prepared.method.complex and not prepared.sparse_noise:  # a dense probe costs O(n)
@@ -276,7 +279,7 @@ def _quiet_complex_casts():
     """No ComplexWarning from the probe at a complex point: a loss that casts its input to
     real (float()) is told so by the InputError that follows, in one message."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", getattr(getattr(np, "exceptions", np), "ComplexWarning"))
+        warnings.simplefilter("ignore", getattr(np, "exceptions", np).ComplexWarning)
         yield
 
 
@@ -337,7 +340,10 @@ def directional_tests(context: Context, prepared: Prepared,
     """Stage 4: Gaussian directional tests; if one fails, localisation by group testing."""
     theta, run, layout = context.theta, context.run, prepared.layout
     count = prepared.options.directions
-    rng = continuation.directions_rng or stream(prepared.entropy, DIRECTIONS_STREAM)
+    rng = continuation.directions_rng
+    if rng is None:
+        assert prepared.entropy is not None  # drawn by prepare() for its own directions
+        rng = stream(prepared.entropy, DIRECTIONS_STREAM)
     eps = prepared.options.eps if continuation.directional_step is None \
         else continuation.directional_step
     step = directional_relative_step(theta.dtype) if eps is None else eps

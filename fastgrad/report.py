@@ -40,6 +40,7 @@ class CoordinateResult:
     # "unresolved" (agrees with a one-sided derivative, no kink resolved: a warning)
 
     def to_dict(self) -> dict:
+        """The fields, the index as a list."""
         return {**self.__dict__, "index": list(self.index)}
 
 
@@ -57,13 +58,17 @@ class GroupResult:
     verdict: str
 
     def to_dict(self) -> dict:
+        """The fields, the shape as a list."""
         return {**self.__dict__, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True)
 class CheckedCoordinates:
-    """The checked coordinates' results, from which a report builds its tables and
-    gradients when they are first read: a Monitor reads a verdict, not a table."""
+    """The checked coordinates' results.
+
+    A report builds its tables and gradients from them when they are first read: a
+    Monitor reads a verdict, not a table.
+    """
 
     layout: ParameterLayout
     coords: np.ndarray  # flat indices, in the rows' order
@@ -76,6 +81,7 @@ class CheckedCoordinates:
     analytic_flat: np.ndarray  # every coordinate (the report's own copy)
 
     def marks(self) -> np.ndarray:
+        """Per row: "kink", "unresolved" or ""."""
         return np.where(self.kink, "kink", np.where(self.unresolved, "unresolved", ""))
 
 
@@ -122,6 +128,7 @@ class Report:
 
     @property
     def passed(self) -> bool:
+        """False only on "fail"."""
         return self.verdict != "fail"
 
     @cached_property
@@ -158,13 +165,16 @@ class Report:
 
     @property
     def band(self) -> str:
+        """The classic recipe's band of the relative error: "correct", "look closer", "wrong"."""
         return seed_band(self.relative_error)
 
     def to_dict(self) -> dict:
-        """Everything but the full gradients, in strict JSON types: ``json.dumps(...,
-        allow_nan=False)`` accepts it.  A non-finite figure (NaN, ±inf) becomes None, and
+        """Everything but the full gradients, in strict JSON types.
+
+        ``json.dumps(..., allow_nan=False)`` accepts it.  A non-finite figure (NaN, ±inf) becomes None, and
         ``"non_finite"`` maps its path (``"noise"``, ``"groups[0].max_score"``) to what it
-        was (``"nan"``, ``"inf"`` or ``"-inf"``); it is empty when every figure is finite."""
+        was (``"nan"``, ``"inf"`` or ``"-inf"``); it is empty when every figure is finite.
+        """
         structured = ("details", "notes", "coverage", "directions", "localisation", "jittered")
         scalars = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in structured}
         non_finite: dict[str, str] = {}
@@ -183,8 +193,11 @@ class Report:
         return {**data, "non_finite": non_finite}
 
     def format(self, *, command_line: bool = False) -> str:
-        """The report as text; ``command_line``: options named as ``fastgrad check`` spells
-        them (``--seed``) rather than as :func:`fastgrad.check` does (``seed=``)."""
+        """The report as text.
+
+        ``command_line``: options named as ``fastgrad check`` spells them (``--seed``)
+        rather than as :func:`fastgrad.check` does (``seed=``).
+        """
         return format_report(self, command_line=command_line)
 
     def __str__(self) -> str:
@@ -192,8 +205,10 @@ class Report:
 
 
 def _strict_json(value, path: str, non_finite: dict[str, str]):
-    """``value`` with Python/NumPy scalars as JSON types and each non-finite float as None,
-    its path and value recorded in ``non_finite``."""
+    """``value`` with Python/NumPy scalars as JSON types.
+
+    Each non-finite float becomes None, its path and value recorded in ``non_finite``.
+    """
     if isinstance(value, dict):
         return {key: _strict_json(item, f"{path}.{key}" if path else str(key), non_finite)
                 for key, item in value.items()}
@@ -248,8 +263,10 @@ def format_report(report: Report, *, command_line: bool = False) -> str:
 
 
 def _directions_only(report: Report) -> bool:
-    """Random directions without a coordinate plan (coordinates checked one by one, if
-    any, are those a localisation confirmed)."""
+    """Random directions without a coordinate plan.
+
+    Coordinates checked one by one, if any, are those a localisation confirmed.
+    """
     return bool(report.directions) and report.coverage is None
 
 
@@ -287,8 +304,11 @@ def _seed_line(report: Report, command_line: bool) -> str:
 
 
 def _directions_line(report: Report) -> str:
-    """What the directional tests did: how many disagree, their steps and evaluations, and
-    the single-coordinate error they catch."""
+    """What the directional tests did.
+
+    How many disagree, their steps and evaluations, and the single-coordinate error they
+    catch.
+    """
     directions = report.directions
     failed = sum(d.failed for d in directions)
     steps = sorted({d.step for d in directions})
@@ -315,7 +335,7 @@ def coverage_lines(coverage: Coverage) -> list[str]:
               [f"  (sample= asked for {coverage.floor_raised_from:,}: raised to "
                f"{coverage.sampled:,} by the floor of min(group size, {FLOOR}) per group)"])
     if len(coverage.groups) == 1:
-        return [head + _group_guarantee(coverage.groups[0], "them", confidence)] + raised
+        return [head + _group_guarantee(coverage.groups[0], "them", confidence), *raised]
     if coverage.caught_from is None:
         overall = "a group is not sampled: a bug confined to it cannot be caught"
     else:
@@ -362,13 +382,13 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     numeric = [i > 0 for i in range(len(header))]
 
     def line(cells):
         return "  ".join(
             (str(c).rjust(w) if right else str(c).ljust(w))
-            for c, w, right in zip(cells, widths, numeric)
+            for c, w, right in zip(cells, widths, numeric, strict=True)
         ).rstrip()
 
     return "\n".join([line(header)] + [line(row) for row in rows])
@@ -385,7 +405,7 @@ def group_results(layout: ParameterLayout, coords, numerical, analytic, score) -
         rows_of = [which == index for index in range(len(layout.groups))]
         counts = np.bincount(which, minlength=len(layout.groups)).tolist()
     results = []
-    for group, rows, checked in zip(layout.groups, rows_of, counts):
+    for group, rows, checked in zip(layout.groups, rows_of, counts, strict=True):
         group_score = score[rows]
         failed = int(np.count_nonzero(group_score > 1.0))
         results.append(GroupResult(
@@ -400,8 +420,10 @@ def group_results(layout: ParameterLayout, coords, numerical, analytic, score) -
 
 def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, error, score, marks,
                       count: int = WORST_SHOWN) -> list[CoordinateResult]:
-    """The ``count`` coordinates with the highest score, highest first, then those marked
-    ("kink", "unresolved")."""
+    """The ``count`` coordinates with the highest score, highest first.
+
+    Then those marked ("kink", "unresolved").
+    """
     order = np.argsort(-score, kind="stable")[:count]
     for mark in ("kink", "unresolved") if (marks != "").any() else ():
         marked = np.flatnonzero(marks == mark)
@@ -420,8 +442,11 @@ def worst_coordinates(layout: ParameterLayout, coords, numerical, analytic, erro
 
 
 def with_jittered(report: Report, nearby: Report, distance: float) -> Report:
-    """A new report: the one at θ with the check at a nearby point attached (``jittered``)
-    and the worse verdict of the two (see :func:`fastgrad.verdict.worse`)."""
+    """A new report: the one at θ with the check at a nearby point attached.
+
+    ``jittered`` is the nearby check; the verdict is the worse of the two (see
+    :func:`fastgrad.verdict.worse`).
+    """
     note = (f"checked again at a nearby point (every coordinate moved by a relative "
             f"{distance / 2:g} to {distance:g}, jitter={distance:g}): {nearby.verdict}, "
             f"relative error {nearby.relative_error:.3e}, {nearby.failed} coordinate(s) "

@@ -17,16 +17,19 @@ import numpy as np
 from . import _validation as validate
 from .derivatives import complex_step, stencil
 from .engine import make_engine
-from .methods import CENTRAL4, COMPLEX, FINITE_DIFFERENCES, Method, method_named
 from .errors import InputError
+from .methods import CENTRAL4, COMPLEX, FINITE_DIFFERENCES, Method, method_named
 from .parameters import ParameterLayout
 from .pipeline import analytic_gradient, complex_engine
 from .plan import Plan, require_representable_steps
 
+
 def default_steps(dtype) -> np.ndarray:
-    """Relative steps scanned by default: four per decade, up to 10^-1, from 10^-14 or the
-    first quarter-decade at or above 2u (u the unit roundoff of ``dtype``: a smaller step
-    would not change θ_i)."""
+    """Relative steps scanned by default: four per decade, up to 10^-1.
+
+    From 10^-14 or the first quarter-decade at or above 2u (u the unit roundoff of
+    ``dtype``: a smaller step would not change θ_i).
+    """
     lowest = max(-14.0, math.ceil(4.0 * math.log10(2.0 * float(np.finfo(dtype).eps))) / 4.0)
     return np.logspace(lowest, -1.0, round(4 * (-1.0 - lowest)) + 1)
 
@@ -56,7 +59,7 @@ class StepScan:
     def __str__(self) -> str:
         default_row = int(np.argmin(np.abs(np.log(self.steps / self.default_step))))
         best = np.argmin(self.errors, axis=1)
-        header = ["h0"] + self.labels
+        header = ["h0", *self.labels]
         rows = []
         for s, step in enumerate(self.steps):
             cells = [f"{step:.1e}"]
@@ -64,11 +67,11 @@ class StepScan:
                 mark = "*" if best[j] == s else " "
                 cells.append(f"{self.errors[j, s]:.2e}{mark}")
             rows.append(cells + (["<- default"] if s == default_row else [""]))
-        widths = [max(len(r[i]) for r in [header + [""]] + rows) for i in range(len(header) + 1)]
+        widths = [max(len(r[i]) for r in [[*header, ""], *rows]) for i in range(len(header) + 1)]
         lines = [f"|{self.method} difference - {self.reference_name}| against the relative "
                  f"step h0 (* smallest per coordinate)"]
-        for cells in [header + [""]] + rows:
-            lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip())
+        for cells in [[*header, ""], *rows]:
+            lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
         return "\n".join(lines)
 
 
@@ -83,8 +86,8 @@ def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
     checked before the first evaluation.
     """
     args = validate.args(args)
-    method = method_named(method)
-    if method.complex:
+    chosen = method_named(method)
+    if chosen.complex:
         raise InputError(f"step_scan compares finite differences: method must be one of "
                          f"{FINITE_DIFFERENCES}")
     layout, theta_flat = ParameterLayout.from_theta(theta)
@@ -93,19 +96,19 @@ def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
     steps = default_steps(layout.dtype) if steps is None else validate.relative_steps(steps)
     require_representable_steps(theta_flat, float(steps.max()), layout.label)
     for step in steps:  # InputError now for a step too small to move a coordinate
-        Plan.for_coords(theta_flat, indices, float(step)).points(theta_flat, method.offsets)
+        Plan.for_coords(theta_flat, indices, float(step)).points(theta_flat, chosen.offsets)
     analytic = None if grad is None else analytic_gradient(grad, theta_flat, layout, args)[0]
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     f0 = run.at(theta_flat)
     numerical = np.column_stack([
-        _derivative(run, theta_flat, indices, step, method) for step in steps])
+        _derivative(run, theta_flat, indices, step, chosen) for step in steps])
     if analytic is not None:
         reference, name = analytic[indices], "analytic"
     else:
         reference, name = _reference(loss, theta_flat, args, layout, f0, indices, run)
     return StepScan([layout.label(int(i)) for i in indices], steps, numerical, reference, name,
-                    np.abs(numerical - reference[:, None]), method.default_step(layout.dtype),
-                    method.name)
+                    np.abs(numerical - reference[:, None]), chosen.default_step(layout.dtype),
+                    chosen.name)
 
 
 def _derivative(run, theta, indices, step: float, method: Method) -> np.ndarray:

@@ -136,6 +136,7 @@ class _Batch:
             end = min(start + self.rows_per_chunk, self.coords.shape[0])
             with self.lock:
                 self.taken += 1
+            failure: ChunkFailure | None
             try:
                 evaluator.evaluate_chunk(workspace, self.coords, values, out, start, end)
             except BaseException as error:  # handed to the caller, with its coordinate
@@ -155,6 +156,7 @@ class _Batch:
 
     def _report(self, rows: int, points: int) -> bool:
         """Call the progress callback (never two at once); False if it raised."""
+        assert self.progress is not None
         try:
             with self.lock:
                 self.progress(rows, rows * points)
