@@ -7,6 +7,7 @@
 from .api import assert_gradient, check, numerical_gradient
 from .errors import GradientCheckError, GradientMismatch, InputError, LossError
 from .monitor import GradientCheckWarning, Monitor
+from .parameters import Sample, Theta
 from .report import Report
 from .sampling import Coverage, generators, sample_coordinates
 from .scan import StepScan, step_scan
@@ -14,7 +15,8 @@ from .scan import StepScan, step_scan
 __version__ = "0.1.0"
 
 
-def plan_sample(theta, *, sample=None, detect=None, seed=None) -> Coverage:
+def plan_sample(theta: Theta, *, sample: Sample | None = None,
+                detect: tuple[float, float] | None = None, seed: int | None = None) -> Coverage:
     """Plan a sampled check without evaluating anything.
 
     Which coordinates ``check(theta=..., sample=/detect=, seed=)`` would check, what that

@@ -7,23 +7,26 @@ Thin front ends: each validates its options (:mod:`._validation`) and runs the s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _validation as validate
 from .engine import make_engine
 from .engine.compiled import is_compiled
 from .errors import GradientMismatch, InputError
-from .parameters import ParameterLayout
+from .parameters import Gradient, ParameterLayout, Sample, Theta
 from .pipeline import numerical_derivatives, run_check
 from .plan import Plan, jittered_theta, require_representable_steps
 from .report import Report, with_jittered
 
 
-def check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None,
-          method: str = "central", eps: float | None = None, dtype=None,
-          workers: int | None = None, engine: str = "auto", sample=None,
-          detect: tuple[float, float] | None = None, directions: int | None = None, seed=None,
+def check(loss: Callable, grad: Gradient, theta: Theta, args: tuple | list = (), *,
+          kwargs: Mapping | None = None, method: str = "central", eps: float | None = None,
+          dtype: DTypeLike | None = None, workers: int | None = None, engine: str = "auto",
+          sample: Sample | None = None, detect: tuple[float, float] | None = None,
+          directions: int | None = None, seed: int | None = None,
           progress: bool | Callable[[int, int], None] | None = None,
           jitter: float | None = None) -> Report:
     """Compare an analytic gradient with finite differences of the loss, coordinate by coordinate.
@@ -100,8 +103,8 @@ def check(loss: Callable, grad, theta, args=(), *, kwargs: Mapping | None = None
     return with_jittered(report, run_check(loss, grad, nearby, options), jitter)
 
 
-def assert_gradient(loss: Callable, grad, theta, args=(), *, strict: bool = False,
-                    **options) -> Report:
+def assert_gradient(loss: Callable, grad: Gradient, theta: Theta, args: tuple | list = (), *,
+                    strict: bool = False, **options: Any) -> Report:
     """Check like :func:`check`, and raise if the gradient is wrong.
 
     Raises :class:`fastgrad.GradientMismatch` (an AssertionError carrying ``.report``, with
@@ -116,24 +119,27 @@ def assert_gradient(loss: Callable, grad, theta, args=(), *, strict: bool = Fals
     return report
 
 
-def numerical_gradient(loss: Callable, theta, args=(), *, method: str = "central",
-                       eps: float | None = None, dtype=None, workers: int | None = None,
-                       engine: str = "auto"):
+def numerical_gradient(loss: Callable, theta: Theta, args: tuple | list = (), *,
+                       kwargs: Mapping | None = None, method: str = "central",
+                       eps: float | None = None, dtype: DTypeLike | None = None,
+                       workers: int | None = None,
+                       engine: str = "auto") -> np.ndarray | dict[str, np.ndarray]:
     """The numerical gradient in theta's structure, by ``method`` (see :func:`check`).
 
     "central" is (f(θ+h·e_i) − f(θ−h·e_i)) / 2h for every coordinate, as in the
-    classic recipe; no error estimate or second step is involved.
+    classic recipe; no error estimate or second step is involved.  ``args`` and ``kwargs``
+    reach the loss as in :func:`check`.
     """
-    options = validate.check_options(loss, args=args, method=method, eps=eps, dtype=dtype,
-                                     workers=workers, engine=engine)
-    loss, _, args = validate.bind_keywords(loss, None, options.args, options.kwargs,
-                                           is_compiled(loss))
+    options = validate.check_options(loss, args=args, kwargs=kwargs, method=method, eps=eps,
+                                     dtype=dtype, workers=workers, engine=engine)
+    loss, _, bound = validate.bind_keywords(loss, None, options.args, options.kwargs,
+                                            is_compiled(loss))
     layout, theta_flat = ParameterLayout.from_theta(theta, options.dtype)
     chosen = options.method
     relative_step = chosen.default_step(layout.dtype) if options.eps is None else options.eps
     require_representable_steps(theta_flat, relative_step, layout.label)
-    run = make_engine(loss, theta_flat, args, layout, engine, workers)
+    run = make_engine(loss, theta_flat, bound, layout, engine, workers)
     f0 = run.at(theta_flat)  # a clear error before the kernels run, if the loss is unusable
     plan = Plan.for_coords(theta_flat, np.arange(layout.size, dtype=np.int64), relative_step)
-    return layout.structured(numerical_derivatives(run, plan, theta_flat, chosen, loss, args,
+    return layout.structured(numerical_derivatives(run, plan, theta_flat, chosen, loss, bound,
                                                    layout, f0))

@@ -20,12 +20,13 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import _validation as validate
 from .errors import GradientMismatch, InputError
-from .parameters import ParameterLayout
+from .parameters import Gradient, ParameterLayout, Theta
 from .pipeline import Continuation, run_check
 from .report import Report
 from .sampling import ALPHA, Coverage, GroupCoverage, allocate, coverage_of
@@ -86,9 +87,9 @@ class Monitor:
         evaluation.
     """
 
-    def __init__(self, loss: Callable, grad, *, every: int = 100, sample: int = 64,
+    def __init__(self, loss: Callable, grad: Gradient, *, every: int = 100, sample: int = 64,
                  directions: int = 2, seed: int | None = None,
-                 on_fail: str | Callable[[Report], object] = "warn", **options):
+                 on_fail: str | Callable[[Report], object] = "warn", **options: Any) -> None:
         unknown = sorted(set(options) - set(PASSED_OPTIONS))
         if unknown:
             raise InputError(f"Monitor got unexpected option(s) {unknown}: it passes only "
@@ -116,7 +117,7 @@ class Monitor:
         self._checks = 0
         self._directional_step: float | None = None  # where the last directional tests settled
 
-    def step(self, theta, args=()) -> Report | None:
+    def step(self, theta: Theta, args: tuple | list = ()) -> Report | None:
         """Check on schedule and return the report; otherwise do nothing and return None."""
         call = self.calls
         self.calls += 1

@@ -9,17 +9,18 @@ why a default step was chosen, and where it sits for their loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validation as validate
 from .derivatives import complex_step, stencil
 from .engine import make_engine
 from .errors import InputError
 from .methods import CENTRAL4, COMPLEX, FINITE_DIFFERENCES, Method, method_named
-from .parameters import ParameterLayout
+from .parameters import Gradient, ParameterLayout, Theta
 from .pipeline import analytic_gradient, complex_engine
 from .plan import Plan, require_representable_steps
 
@@ -75,7 +76,8 @@ class StepScan:
         return "\n".join(lines)
 
 
-def step_scan(loss, theta, coords: Sequence, args=(), *, grad=None, steps=None,
+def step_scan(loss: Callable, theta: Theta, coords: Sequence, args: tuple | list = (), *,
+              grad: Gradient | None = None, steps: ArrayLike | None = None,
               method: str = "central", engine: str = "auto", workers: int | None = None
               ) -> StepScan:
     """Scan the relative step for a few coordinates (flat indices or labels like "W1[0, 3]").

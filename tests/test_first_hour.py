@@ -216,3 +216,8 @@ def test_monitor_on_fail_raise_is_a_gradient_mismatch():
 def test_monitor_options_are_checked_when_it_is_built(options):
     with pytest.raises(fg.InputError):
         fg.Monitor(sine, sine_grad, **options)
+
+
+def test_kwargs_reach_the_loss_of_numerical_gradient():
+    np.testing.assert_allclose(fg.numerical_gradient(sine, THETA, kwargs={"scale": 3.0}),
+                               sine_grad(THETA, scale=3.0), rtol=1e-8)
