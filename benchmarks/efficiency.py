@@ -47,11 +47,11 @@ import time
 
 import numba
 import numpy as np
+from fastgrad_bench.peers import naive_gradient
 
 import fastgrad as fg
 import fastgrad.engine as engine_module
 from fastgrad.analysis import relative_error
-from fastgrad.bench.peers import naive_gradient
 from fastgrad.engine import Engine, available_cores
 from fastgrad.engine.compiled import chunk_kernel
 from fastgrad.models import mlp

@@ -20,10 +20,10 @@ No timing is asserted; each round's result is checked for correctness only.
 from __future__ import annotations
 
 import pytest
+from fastgrad_bench.peers import naive_gradient
 
 import fastgrad as fg
 from fastgrad.analysis import relative_error
-from fastgrad.bench.peers import naive_gradient
 from fastgrad.engine import available_cores
 from fastgrad.models import mlp
 

@@ -10,6 +10,7 @@ import runpy
 import sys
 import traceback
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -108,6 +109,28 @@ def main(argv: list[str] | None = None) -> int:
         return BROKEN_PIPE
 
 
+#: The benchmark harness lives beside the benchmarks, in the source tree, not in the package.
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench_harness():
+    """The ``fastgrad_bench`` package of the source checkout's ``benchmarks/`` folder.
+
+    The harness, its peers (the seed's naive loop, SciPy, torch) and its models are code
+    about fastgrad, not code a user's check runs: it lives with the other benchmarks and
+    ships in the sdist, not in the installed package.  ``fastgrad bench`` therefore runs
+    from a checkout (an editable install finds it through this file's location).
+    """
+    if not (BENCHMARKS / "fastgrad_bench" / "__init__.py").is_file():
+        raise UsageError("fastgrad bench runs from a source checkout: clone the repository, "
+                         "pip install -e '.[bench]' in it, and run fastgrad bench there")
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    import fastgrad_bench
+
+    return fastgrad_bench
+
+
 def run_command(parser: argparse.ArgumentParser, options) -> int:
     if options.command == "demo":
         from .demo import run_demo
@@ -116,9 +139,12 @@ def run_command(parser: argparse.ArgumentParser, options) -> int:
     if options.command == "check":
         return check_command(options)
     if options.command == "bench":
-        from .bench import run_bench
-
-        return run_bench(quick=options.quick, output=options.output, plot=options.plot)
+        try:
+            harness = bench_harness()
+        except UsageError as error:
+            print(f"fastgrad: {error}", file=sys.stderr)
+            return USAGE
+        return harness.run_bench(quick=options.quick, output=options.output, plot=options.plot)
     parser.print_help(sys.stderr)
     return USAGE
 

@@ -42,6 +42,10 @@ def test_readme_blocks_run_after_the_readmes_own_install_command(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "README blocks ran" in ran.stdout
+    bench = subprocess.run([venv / "bin" / "fastgrad", "bench", "--quick"], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=60)
+    assert bench.returncode == 2  # the harness lives in the checkout, not in the package
+    assert "runs from a source checkout" in bench.stderr
 
 
 def test_example_model_file_passes(capsys):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
-from ..engine import available_cores
+from fastgrad.engine import available_cores
 
 MET, MISSED, SKIPPED, NOT_APPLICABLE = "met", "MISSED", "skipped", "n/a"
 T = TypeVar("T")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..api import check
-from ..models import mlp
+from fastgrad.api import check
+from fastgrad.models import mlp
+
 from .common import Line, Section, Sizes, fmt_seconds, fmt_speedup, interleaved, judged, load_text, skipped
 from .scaling import kernel_seconds, loss_seconds
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..api import check
-from ..models import logistic
+from fastgrad.api import check
+from fastgrad.models import logistic
+
 from .common import Line, Section, Sizes, fmt_seconds, judged, load_text, timed, timed_cpu
 
 TARGET_S = 2.0

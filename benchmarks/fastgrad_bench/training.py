@@ -18,9 +18,10 @@ from functools import partial
 
 import numpy as np
 
-from ..engine.blas import limit_blas_threads
-from ..models import mlp
-from ..monitor import Monitor
+from fastgrad.engine.blas import limit_blas_threads
+from fastgrad.models import mlp
+from fastgrad.monitor import Monitor
+
 from .common import Line, Section, Sizes, fmt_seconds, judged, timed
 
 TARGET_OVERHEAD = 0.05

@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 
-from ..api import check
-from ..engine import available_cores
-from ..engine.compiled import chunk_kernel
-from ..models import mlp
-from ..parameters import ParameterLayout
+from fastgrad.api import check
+from fastgrad.engine import available_cores
+from fastgrad.engine.compiled import chunk_kernel
+from fastgrad.models import mlp
+from fastgrad.parameters import ParameterLayout
+
 from .common import (
     Line,
     Section,

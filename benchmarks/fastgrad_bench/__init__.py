@@ -38,7 +38,8 @@ import sys
 import time
 import traceback
 
-from ..engine import available_cores
+from fastgrad.engine import available_cores
+
 from . import output as outputs
 from .common import FULL, QUICK, Line, Section, load_average, machine, wait_until_quiet
 from .fresh import measure_first_check, measure_memory
