@@ -8,6 +8,7 @@ options never accept a bool (``True`` is an ``int`` in Python, and ``every=True`
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .methods import CENTRAL, Method, method_named
+from .methods import CENTRAL, METHODS, Method, finite_differences
 
 
 def is_integer(value) -> bool:
@@ -145,6 +146,85 @@ def sequence(name: str, value) -> list:
     return list(value)
 
 
+def method(value, *, finite_difference: bool = False) -> Method:
+    """The registered method called ``value`` (:data:`fastgrad.methods.METHODS`; a Method
+    is returned as is); ``finite_difference``: one that differences real points."""
+    if isinstance(value, Method):
+        return value
+    names = finite_differences() if finite_difference else tuple(METHODS)
+    if not isinstance(value, str) or value not in names:
+        raise InputError(f"method must be one of {names}, got {value!r}")
+    return METHODS[value]
+
+
+def eps(value) -> float:
+    """A relative step h0 in (0, 1)."""
+    try:
+        step = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"eps must be a positive number, got {value!r}") from None
+    if isinstance(value, (bool, np.bool_)) or not (np.isfinite(step) and 0.0 < step < 1.0):
+        raise InputError(f"eps must be a number in (0, 1), got {value!r}")
+    return step
+
+
+def jitter(value) -> float:
+    """A relative distance in (0, 1]."""
+    try:
+        distance = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"jitter must be a relative distance in (0, 1], got {value!r}") from None
+    if isinstance(value, (bool, np.bool_)) or not (np.isfinite(distance) and 0.0 < distance <= 1.0):
+        raise InputError(f"jitter must be a relative distance in (0, 1], got {value!r}")
+    return distance
+
+
+def engine(value) -> str:
+    """One of :data:`fastgrad.engine.ENGINES`."""
+    from .engine import ENGINES
+
+    if not isinstance(value, str) or value not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}, got {value!r}")
+    return value
+
+
+def sample_indices(value, size: int) -> np.ndarray:
+    """Flat indices given as the sample: distinct, in [0, size), as sorted int64."""
+    array = np.asarray(value)
+    if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu":
+        raise InputError("sample given as coordinates must be a non-empty 1-D array of ints")
+    ordered = np.sort(array).astype(np.int64, copy=False)
+    if ordered[0] < 0 or ordered[-1] >= size or not (ordered[1:] != ordered[:-1]).all():
+        raise InputError(f"sample coordinates must be distinct flat indices in [0, {size})")
+    return ordered
+
+
+def coordinate(layout, value) -> int:
+    """A flat index of ``layout``, given as one or as a label like ``"W1[0, 3]"``."""
+    if is_integer(value):
+        if not 0 <= value < layout.size:
+            raise InputError(f"coordinate {value} is outside [0, {layout.size})")
+        return int(value)
+    if isinstance(value, str):
+        return layout.index_of(value)
+    raise InputError(f"coordinates are flat indices or labels like 'W1[0, 3]', got {value!r}")
+
+
+def on_fail(value):
+    """'warn', 'raise' or a callable receiving the report."""
+    if not (isinstance(value, str) and value in ("warn", "raise")) and not callable(value):
+        raise InputError(f"on_fail must be 'warn', 'raise' or a callable, got {value!r}")
+    return value
+
+
+def known_options(options: Mapping, known: tuple[str, ...], owner: str) -> None:
+    """InputError naming the options not in ``known``."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InputError(f"{owner} got unexpected option(s) {unknown}: it passes only "
+                         f"{list(known)} to each check")
+
+
 def callable_of(name: str, value) -> Callable:
     if not callable(value):
         raise InputError(f"{name} must be callable, got {type(value).__name__}")
@@ -213,19 +293,15 @@ def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dty
                   seed=None, progress=None, directions_minimum: int = 1) -> CheckOptions:
     """Every option of :func:`fastgrad.check` (and of the entry points built on it), checked
     before any work; ``directions`` None becomes 0 (none)."""
-    from .engine import ENGINES
-    from .plan import check_eps
-
     callable_of("loss", loss)
-    if engine not in ENGINES:
-        raise InputError(f"engine must be one of {ENGINES}, got {engine!r}")
     if sample is not None and detect is not None:
         raise InputError("give sample= or detect=, not both")
+    this = sys.modules[__name__]  # the validators, which the parameters' names shadow
     return CheckOptions(
-        args=globals()["args"](args), kwargs=globals()["kwargs"](kwargs),
-        method=method_named(method), eps=None if eps is None else check_eps(eps),
-        dtype=globals()["dtype"](dtype), workers=optional_positive_int("workers", workers),
-        engine=engine, sample=globals()["sample"](sample), detect=globals()["detect"](detect),
+        args=this.args(args), kwargs=this.kwargs(kwargs), method=this.method(method),
+        eps=None if eps is None else this.eps(eps), dtype=this.dtype(dtype),
+        workers=optional_positive_int("workers", workers), engine=this.engine(engine),
+        sample=this.sample(sample), detect=this.detect(detect),
         directions=optional_positive_int("directions", directions,
                                          minimum=directions_minimum) or 0,
-        seed=globals()["seed"](seed), progress=globals()["progress"](progress))
+        seed=this.seed(seed), progress=this.progress(progress))

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import analysis
-from .errors import InputError
 
 #: rounding_of(losses, taken) -> the rounding std of a central pair (see derivatives.rounding)
 RoundingOf = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -138,14 +137,8 @@ COMPLEX = ComplexMethod("complex", (), (), 0.0, complex=True)
 
 #: Every method by name, in the order the documentation lists them.
 METHODS: dict[str, Method] = {m.name: m for m in (CENTRAL, CENTRAL4, COMPLEX)}
-#: The methods that difference real points (step_scan's choices).
-FINITE_DIFFERENCES = tuple(name for name, m in METHODS.items() if not m.complex)
 
 
-def method_named(name) -> Method:
-    """The registered method called ``name`` (a Method is returned as is), or InputError."""
-    if isinstance(name, Method):
-        return name
-    if not isinstance(name, str) or name not in METHODS:
-        raise InputError(f"method must be one of {tuple(METHODS)}, got {name!r}")
-    return METHODS[name]
+def finite_differences() -> tuple[str, ...]:
+    """The registered methods that difference real points (step_scan's choices)."""
+    return tuple(name for name, method in METHODS.items() if not method.complex)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _validation as validate
-from .errors import GradientMismatch, InputError
+from .errors import GradientMismatch
 from .parameters import Gradient, ParameterLayout, Theta
 from .pipeline import Continuation, run_check
 from .report import Report
@@ -90,18 +90,13 @@ class Monitor:
     def __init__(self, loss: Callable, grad: Gradient, *, every: int = 100, sample: int = 64,
                  directions: int = 2, seed: int | None = None,
                  on_fail: str | Callable[[Report], object] = "warn", **options: Any) -> None:
-        unknown = sorted(set(options) - set(PASSED_OPTIONS))
-        if unknown:
-            raise InputError(f"Monitor got unexpected option(s) {unknown}: it passes only "
-                             f"{list(PASSED_OPTIONS)} to each check")
+        validate.known_options(options, PASSED_OPTIONS, "Monitor")
         every = validate.positive_int("every", every)
         sample = validate.positive_int("sample", sample)
         validated = validate.check_options(loss, directions=directions, seed=seed,
                                            directions_minimum=0, **options)
         self._options = validated  # each step adds its args
-        if not (isinstance(on_fail, str) and on_fail in ("warn", "raise")) \
-                and not callable(on_fail):
-            raise InputError(f"on_fail must be 'warn', 'raise' or a callable, got {on_fail!r}")
+        on_fail = validate.on_fail(on_fail)
         self.loss, self.grad = loss, grad
         self.every, self.sample, self.directions = every, sample, validated.directions
         self.on_fail = on_fail

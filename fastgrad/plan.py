@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _validation as validate
 from .errors import InputError
 
 
@@ -48,7 +49,7 @@ class Plan:
     def for_coords(cls, theta: np.ndarray, coords, relative_step: float) -> Plan:
         """The flat coordinates ``coords`` of ``theta``, at steps h0·max(1, |θ_i|)."""
         coords = np.asarray(coords, dtype=np.int64)
-        relative_step = check_eps(relative_step)
+        relative_step = validate.eps(relative_step)
         return cls(coords, nominal_steps(theta[coords], relative_step), relative_step)
 
     def __len__(self) -> int:
@@ -112,29 +113,9 @@ def jittered_theta(theta, distance, dtype=None):
     point's zero gradient, which hides a factor or a sign, is left in every direction."""
     from .parameters import ParameterLayout  # parameters imports nothing of plans
 
-    distance = check_jitter(distance)
+    distance = validate.jitter(distance)
     layout, flat = ParameterLayout.from_theta(theta, dtype)
     rng = np.random.default_rng(JITTER_SEED)
     moves = rng.choice((-1.0, 1.0), flat.size) * rng.uniform(0.5, 1.0, flat.size)
     moved = flat.astype(np.float64) + distance * np.maximum(1.0, np.abs(flat)) * moves
     return layout.structured(moved.astype(flat.dtype))
-
-
-def check_jitter(distance) -> float:
-    try:
-        value = float(distance)
-    except (TypeError, ValueError):
-        raise InputError(f"jitter must be a relative distance in (0, 1], got {distance!r}") from None
-    if isinstance(distance, bool) or not (np.isfinite(value) and 0.0 < value <= 1.0):
-        raise InputError(f"jitter must be a relative distance in (0, 1], got {distance!r}")
-    return value
-
-
-def check_eps(eps) -> float:
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise InputError(f"eps must be a positive number, got {eps!r}") from None
-    if not (np.isfinite(value) and 0.0 < value < 1.0):
-        raise InputError(f"eps must be a number in (0, 1), got {eps!r}")
-    return value

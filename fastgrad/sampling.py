@@ -233,15 +233,18 @@ def sample_coordinates(layout: ParameterLayout, *, sample=None, detect=None, see
     indices, or ``detect=(p, alpha)`` (k per group for a bug touching a fraction p caught
     w.p. ≥ 1 − alpha).
     """
+    from . import _validation as validate
+
+    sample, detect = validate.sample(sample), validate.detect(detect)
     if sample is not None and detect is not None:
         raise InputError("give sample= or detect=, not both")
     sizes = [g.size for g in layout.groups]
     if isinstance(sample, (np.ndarray, list, tuple)):
-        return coverage_of(layout, _explicit(sample, layout.size),
+        return coverage_of(layout, validate.sample_indices(sample, layout.size),
                            ALPHA if alpha is None else alpha, presorted=True)
     budget = None
     if detect is not None:
-        fraction, alpha = _check_detect(detect)
+        fraction, alpha = detect
         counts = [sample_size_for(size, fraction, alpha) for size in sizes]
     else:
         budget = _budget(sample, layout.size)
@@ -294,32 +297,8 @@ def coverage_of(layout: ParameterLayout, coords: np.ndarray, alpha: float = ALPH
     return Coverage(coords, groups, alpha)
 
 
-def _explicit(coords, size: int) -> np.ndarray:
-    """The given coordinates, validated, as sorted int64."""
-    array = np.asarray(coords)
-    if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu":
-        raise InputError("sample given as coordinates must be a non-empty 1-D array of ints")
-    ordered = np.sort(array).astype(np.int64, copy=False)
-    if ordered[0] < 0 or ordered[-1] >= size or not (ordered[1:] != ordered[:-1]).all():
-        raise InputError(f"sample coordinates must be distinct flat indices in [0, {size})")
-    return ordered
-
-
 def _budget(sample, size: int) -> int:
-    if isinstance(sample, bool):
-        raise InputError(f"sample must be an int or a fraction, got {sample!r}")
-    if isinstance(sample, (int, np.integer)):
-        if sample < 1:
-            raise InputError(f"sample must be at least 1, got {sample}")
-        return min(int(sample), size)
-    if isinstance(sample, (float, np.floating)) and 0.0 < sample <= 1.0:
+    """Coordinates to sample: ``sample`` (validated) as a count, at most ``size``."""
+    if isinstance(sample, float):
         return max(1, round(sample * size))
-    raise InputError(f"sample must be a positive int or a fraction in (0, 1], got {sample!r}")
-
-
-def _check_detect(detect) -> tuple[float, float]:
-    from ._validation import detect as validated_detect
-
-    checked = validated_detect(detect)
-    assert checked is not None  # detect is not None here
-    return checked
+    return min(int(sample), size)

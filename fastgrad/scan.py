@@ -19,7 +19,7 @@ from . import _validation as validate
 from .derivatives import complex_step, stencil
 from .engine import make_engine
 from .errors import InputError
-from .methods import CENTRAL4, COMPLEX, FINITE_DIFFERENCES, Method, method_named
+from .methods import CENTRAL4, COMPLEX, Method
 from .parameters import Gradient, ParameterLayout, Theta
 from .pipeline import analytic_gradient, complex_engine
 from .plan import Plan, require_representable_steps
@@ -88,12 +88,9 @@ def step_scan(loss: Callable, theta: Theta, coords: Sequence, args: tuple | list
     checked before the first evaluation.
     """
     args = validate.args(args)
-    chosen = method_named(method)
-    if chosen.complex:
-        raise InputError(f"step_scan compares finite differences: method must be one of "
-                         f"{FINITE_DIFFERENCES}")
+    chosen = validate.method(method, finite_difference=True)  # step_scan differences
     layout, theta_flat = ParameterLayout.from_theta(theta)
-    indices = np.array([_index(layout, c) for c in validate.sequence("coords", coords)],
+    indices = np.array([validate.coordinate(layout, c) for c in validate.sequence("coords", coords)],
                        dtype=np.int64)
     steps = default_steps(layout.dtype) if steps is None else validate.relative_steps(steps)
     require_representable_steps(theta_flat, float(steps.max()), layout.label)
@@ -129,13 +126,3 @@ def _reference(loss, theta, args, layout, f0, indices, run):
         return _derivative(run, theta, indices, step, CENTRAL4), "central4"
     plan = Plan.for_coords(theta, indices, COMPLEX.default_step(theta.dtype))
     return complex_step(complex_run, plan, theta), "complex step"
-
-
-def _index(layout: ParameterLayout, coordinate) -> int:
-    if isinstance(coordinate, (int, np.integer)) and not isinstance(coordinate, bool):
-        if not 0 <= coordinate < layout.size:
-            raise InputError(f"coordinate {coordinate} is outside [0, {layout.size})")
-        return int(coordinate)
-    if isinstance(coordinate, str):
-        return layout.index_of(coordinate)
-    raise InputError(f"coordinates are flat indices or labels like 'W1[0, 3]', got {coordinate!r}")

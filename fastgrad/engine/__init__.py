@@ -60,8 +60,7 @@ def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout
     """How ``loss`` is evaluated: compiled chunk kernels for a Numba dispatcher (unless
     ``engine="python"``), Python calls otherwise."""
     validate.callable_of("loss", loss)
-    if engine not in ENGINES:
-        raise InputError(f"engine must be one of {ENGINES}, got {engine!r}")
+    engine = validate.engine(engine)
     if engine == "numba" and not is_compiled(loss):
         raise InputError("engine='numba' needs a Numba-compiled loss (an @njit function)")
     if engine in ("auto", "numba") and is_compiled(loss):
