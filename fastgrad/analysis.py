@@ -1,4 +1,4 @@
-"""Analysis: numerical derivatives, their estimated errors, and the verdict rule.
+"""Analysis: the formulas of numerical derivatives and their estimated errors.
 
 Every formula is a small function.  Notation: a_+ > 0 and a_- < 0 are the
 offsets actually taken from θ_i (``(θ_i ± h_i) ∓ θ_i`` in floating point), f_± the
@@ -12,8 +12,8 @@ The rule.  A coordinate *disagrees* when
 where D_i is the numerical derivative, g_i the analytic one, r_i the standard
 deviation of D_i's rounding error, t_i an estimate of its truncation error, and
 z a multiplier that keeps the chance of a false alarm over all k checked
-coordinates below 1e-6 (:func:`noise_multiplier`).  The gradient fails when any
-coordinate disagrees.
+coordinates below 1e-6 (:func:`noise_multiplier`).  What a check concludes from its
+coordinates' disagreements is :mod:`.verdict`'s to say.
 """
 
 from __future__ import annotations
