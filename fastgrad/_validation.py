@@ -174,7 +174,7 @@ def bind_keywords(loss: Callable, grad, positional: tuple, keywords: dict, compi
 
 def _in_positions(function: Callable, positional: tuple, keywords: dict) -> tuple:
     """A compiled function's extra arguments with ``keywords`` placed by its signature."""
-    signature = inspect.signature(function.py_func)
+    signature = inspect.signature(function)  # a dispatcher: its py_func, through __wrapped__
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in signature.parameters.values()):
         raise InputError("kwargs= cannot be given to a compiled loss with *args or **kwargs: "
                          "pass them in args")
