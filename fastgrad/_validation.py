@@ -256,9 +256,10 @@ def bind_keywords(loss: Callable, grad, positional: tuple, keywords: dict, compi
 def _in_positions(function: Any, positional: tuple, keywords: dict) -> tuple:
     """A compiled function's extra arguments with ``keywords`` placed by its signature.
 
-    ``function`` is a Numba dispatcher: its signature is its Python function's (``py_func``).
+    ``function`` is a Numba dispatcher (its signature is its ``py_func``'s, reached through
+    ``__wrapped__``) or, with ``NUMBA_DISABLE_JIT=1``, the Python function itself.
     """
-    signature = inspect.signature(function.py_func)
+    signature = inspect.signature(function)
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in signature.parameters.values()):
         raise InputError("kwargs= cannot be given to a compiled loss with *args or **kwargs: "
                          "pass them in args")

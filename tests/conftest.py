@@ -28,6 +28,15 @@ settings.register_profile("dev", max_examples=20, deadline=None, print_blob=True
 settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
+#: NUMBA_DISABLE_JIT=1 (the CI's second pass): numba.njit returns the function itself, which
+#: fastgrad still runs on its compiled engine ("numba"), kernel and loss as Python.
+JIT_DISABLED = bool(numba.config.DISABLE_JIT)
+
+#: For tests about Numba's compilation itself (typing errors, on-disk caching): nothing is
+#: compiled when the JIT is disabled.
+needs_jit = pytest.mark.skipif(JIT_DISABLED, reason="about Numba's compilation, and "
+                               "NUMBA_DISABLE_JIT=1 compiles nothing")
+
 #: Small MLP sizes: n = d*h + h + h*c + c = 24 + 6 + 18 + 3 = 51 parameters.
 MLP_SIZES = dict(d=4, h=6, c=3, m=20)
 

@@ -8,9 +8,11 @@ import time
 import numba
 import numpy as np
 import pytest
+from conftest import JIT_DISABLED
 
 import fastgrad as fg
 from fastgrad.engine import available_cores
+from fastgrad.engine.compiled import is_compiled
 from fastgrad.models import mlp
 
 
@@ -41,9 +43,28 @@ def test_python_callable_uses_python_with_one_worker(flat_mlp):
     report = fg.check(mlp.loss_numpy, grad, theta, args)
     assert (report.engine, report.workers) == ("python", 1)
     assert report.passed
-    # also a plain function wrapping the compiled loss, and the dispatcher's py_func
+    # also a plain function wrapping the compiled loss, and the dispatcher's py_func (with
+    # NUMBA_DISABLE_JIT=1 there is no dispatcher: mlp.loss is that function)
     assert fg.check(lambda t, X, Y: mlp.loss(t, X, Y), grad, theta, args).engine == "python"
-    assert fg.check(mlp.loss.py_func, grad, theta, args).engine == "python"
+    if not JIT_DISABLED:
+        assert fg.check(mlp.loss.py_func, grad, theta, args).engine == "python"
+
+
+def test_njit_marks_a_loss_compiled_with_or_without_the_jit():
+    def plain(theta):
+        return float(np.sum(theta ** 2))
+
+    def twin(theta):
+        return np.sum(theta ** 2)
+
+    decorated = numba.njit(twin)
+    assert (decorated is twin) == JIT_DISABLED  # no JIT: numba returns the function itself
+    assert is_compiled(decorated) and not is_compiled(plain)
+    assert not is_compiled(lambda t: 0.0) and not is_compiled(np.sum)
+    theta = np.linspace(-1.0, 1.0, 5)
+    report = fg.check(decorated, 2 * theta, theta, workers=2)
+    assert (report.engine, report.workers, report.passed) == ("numba", 2, True)
+    assert fg.check(plain, 2 * theta, theta).engine == "python"
 
 
 def test_engine_python_forces_the_python_path(flat_mlp):

@@ -8,6 +8,7 @@ import traceback
 import numba
 import numpy as np
 import pytest
+from conftest import needs_jit
 
 import fastgrad as fg
 
@@ -103,6 +104,7 @@ def undefined_name(theta):
     return np.sum(theta) * not_defined  # noqa: F821 -- the planted error
 
 
+@needs_jit
 @pytest.mark.parametrize("loss, theta, says", [
     (indexes_a_dict, {"W": np.ones(3), "b": np.ones(2)}, "one flat float64 vector"),
     (undefined_name, np.ones(3), "float64 array of shape (3,)"),

@@ -12,6 +12,7 @@ function cannot be cached on disk), and the loss's own ``cache=True`` still appl
 
 from __future__ import annotations
 
+import inspect
 import os
 import weakref
 
@@ -26,9 +27,46 @@ from .base import Evaluator, Workspace
 _kernels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+#: Functions that Numba's ``jit``/``njit`` returned as they were (``NUMBA_DISABLE_JIT=1``).
+_jitted_as_python: weakref.WeakSet = weakref.WeakSet()
+
+
 def is_compiled(loss) -> bool:
-    """True for a Numba ``@njit`` dispatcher."""
-    return isinstance(loss, Dispatcher)
+    """True for a Numba ``@njit`` dispatcher, and, with ``NUMBA_DISABLE_JIT=1``, for a
+    function given to ``numba.jit``/``njit`` since fastgrad was imported (which Numba then
+    returns unchanged)."""
+    if isinstance(loss, Dispatcher):
+        return True
+    return inspect.isfunction(loss) and loss in _jitted_as_python
+
+
+def _record_jit_decorations() -> None:
+    """With ``NUMBA_DISABLE_JIT=1``, wrap Numba's decorator factory
+    (``numba.core.decorators._jit``, behind ``jit`` and ``njit``) so that every function it
+    returns unchanged joins :data:`_jitted_as_python`; what it returns is left as is.
+    Nothing is wrapped when the JIT is on, or when Numba has no such factory."""
+    from numba.core import decorators
+
+    make_decorator = getattr(decorators, "_jit", None)
+    if not numba.config.DISABLE_JIT or make_decorator is None \
+            or getattr(make_decorator, "records_for_fastgrad", False):
+        return
+
+    def recording_jit(*args, **kwargs):
+        decorate = make_decorator(*args, **kwargs)
+
+        def decorate_and_record(function):
+            decorated = decorate(function)
+            if decorated is function:
+                _jitted_as_python.add(function)
+            return decorated
+        return decorate_and_record
+
+    recording_jit.records_for_fastgrad = True
+    decorators._jit = recording_jit
+
+
+_record_jit_decorations()
 
 
 def chunk_kernel(loss):
