@@ -366,8 +366,8 @@ def _jump_model() -> HardModel:
     rng = np.random.default_rng(3)
     X = np.vstack([first, rng.standard_normal((11, 6))])
     assert (X @ theta)[0] == 1.0 and np.all((X @ theta)[1:] != 1.0)
-    bugs = issue_bugs(hyper=3, off=1, swap=(0, 2), hyper_name="coordinate 3") \
-        + (times(0.0, "gradient dropped (zeros)"),)
+    bugs = (*issue_bugs(hyper=3, off=1, swap=(0, 2), hyper_name="coordinate 3"),
+            times(0.0, "gradient dropped (zeros)"))
     return HardModel("jump", "hinge whose branch is chosen by s == 1, true exactly at theta",
                      jump_loss, jump_grad, theta, (X, 2.0), "pass", bugs)
 

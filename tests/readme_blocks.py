@@ -27,18 +27,18 @@ def run_readme(readme: Path) -> dict:
     namespace: dict = {}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(example, "README block 2", "exec"), namespace)  # noqa: S102 -- ours
+        exec(compile(example, "README block 2", "exec"), namespace)
     assert "PASS" in printed.getvalue(), printed.getvalue()
     namespace.update(theta=np.random.default_rng(1).standard_normal(50))
     namespace["params"] = namespace["theta"]
     theta_before = namespace["theta"].copy()
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(tour, "README block 1", "exec"), namespace)  # noqa: S102 -- ours
+        exec(compile(tour, "README block 1", "exec"), namespace)
     assert namespace["report"].passed
     assert namespace["g_num"].shape == (50,)
     np.testing.assert_array_equal(namespace["theta"], theta_before)
     namespace.update(steps=201, X_batch=namespace["X"], y_batch=namespace["y"])
-    exec(compile(monitor, "README block 3", "exec"), namespace)  # noqa: S102 -- ours
+    exec(compile(monitor, "README block 3", "exec"), namespace)
     assert len(namespace["mon"].history) == 3  # steps 0, 100 and 200
     assert namespace["mon"].seconds > 0
     return namespace

@@ -105,7 +105,7 @@ def lay_out(values: np.ndarray, layout: str, readonly: bool) -> np.ndarray:
     elif layout == "F":
         array = np.asfortranarray(values)
     elif layout == "strided":
-        wide = np.zeros(values.shape[:-1] + (2 * values.shape[-1],), dtype=values.dtype)
+        wide = np.zeros((*values.shape[:-1], 2 * values.shape[-1]), dtype=values.dtype)
         wide[..., ::2] = values
         array = wide[..., ::2]
     else:  # "reversed": a view with a negative stride along axis 0

@@ -7,12 +7,10 @@ import re
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
+from readme_blocks import run_readme
 
 from fastgrad.cli import main
-
-from readme_blocks import run_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "least_squares.py"
@@ -33,7 +31,7 @@ def test_readme_blocks_run_after_the_readmes_own_install_command(tmp_path):
     venv = tmp_path / ".venv"
     install = command.group(1).replace(".venv", str(venv)).replace("install -q .",
                                                                    f"install -q {ROOT}")
-    subprocess.run(install, shell=True, check=True, cwd=tmp_path, timeout=900)  # noqa: S602
+    subprocess.run(install, shell=True, check=True, cwd=tmp_path, timeout=900)
     python = venv / "bin" / "python"
     found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('scipy'))"],
                            capture_output=True, text=True, check=True).stdout.strip()

@@ -6,7 +6,8 @@ What is tested, and how each test can fail:
   with Richardson-extrapolated central differences at steps the loss is smooth over, within
   their error bound (rounding 6·σ/h with σ measured away from θ, plus the truncation
   estimate |R(h) − R(2h)|); each planted bug moves some coordinate by more than twice
-  that bound (beyond fastgrad's allowance of ≤ 11.2 standard deviations), so a check that misses it has missed something finite differences resolve;
+  that bound (beyond fastgrad's allowance of ≤ 11.2 standard deviations), so a check that
+  misses it has missed something finite differences resolve;
   and each point is what it claims to be (stationary, ill-conditioned, spiked, flat, jumping);
 * the verdicts (issue #11, items 1–5 and 7): every correct gradient gets its verdict (pass;
   warn on the spike, where no usable step sees the loss the way θ does), every planted bug

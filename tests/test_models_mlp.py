@@ -130,7 +130,7 @@ def test_inputs_not_modified(small):
     mlp.loss_params(params, X, Y)
     mlp.grad(params, X, Y)
     mlp.grad_buggy(params, X, Y)
-    for a, b in zip((theta, X, Y), saved[:3]):
+    for a, b in zip((theta, X, Y), saved[:3], strict=True):
         assert a.tobytes() == b.tobytes()
     for k in params:
         assert params[k].tobytes() == saved[3][k].tobytes()

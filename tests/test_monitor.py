@@ -63,7 +63,7 @@ def test_history_entries_and_seconds(problem):
     mon = Monitor(mlp.loss, _grad, every=2, sample=SAMPLE, directions=2, seed=0)
     assert mon.seconds == 0.0
     seen = []
-    for call in range(6):
+    for _ in range(6):
         before = mon.seconds
         report = mon.step(p.params, args=(p.X, p.Y))
         if report is None:
@@ -130,8 +130,8 @@ def test_rotation_depends_on_the_seed_and_repeats_with_it(problem):
         return [_checked(mon.step(p.params, args=(p.X, p.Y)))["W1"] for _ in range(2)]
 
     first, again, other = coordinates(5), coordinates(5), coordinates(6)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_directions_repeat_with_the_seed_and_differ_between_checks(problem):
@@ -220,7 +220,7 @@ def test_on_fail_callable(problem):
                   on_fail=calls.append)
     reports = [mon.step(p.params, args=(p.X, p.Y)) for _ in range(2)]
     assert len(calls) == 2
-    assert all(a is b for a, b in zip(calls, reports))
+    assert all(a is b for a, b in zip(calls, reports, strict=True))
     assert all(isinstance(r, fastgrad.Report) and r.verdict == "fail" for r in calls)
     good = Monitor(mlp.loss, _grad, every=1, sample=SAMPLE, directions=2, seed=0, on_fail=calls.append)
     good.step(p.params, args=(p.X, p.Y))

@@ -25,7 +25,8 @@ def test_license_file_matches_pyproject():
 
 @pytest.mark.slow
 def test_sdist_contains_the_examples_and_the_license(tmp_path):
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, text=True)
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
     source = tmp_path / "source"

@@ -473,7 +473,7 @@ def at_once(calls, stagger: float = 0.0) -> list:
         threading.Event().wait(k * stagger)
         try:
             results[k] = calls[k]()
-        except BaseException as error:  # noqa: BLE001 - compared by the caller
+        except BaseException as error:
             results[k] = ("raised", repr(error))
 
     runners = [threading.Thread(target=run, args=(k,)) for k in range(1, len(calls))]
@@ -490,7 +490,8 @@ def at_once(calls, stagger: float = 0.0) -> list:
 def test_concurrent_checks_leave_the_blas_thread_count_as_they_found_it(seeds):
     """Each check with 2 workers limits BLAS to 1 thread while its workers run; checks that
     overlap without nesting (started 20 ms apart, each ~40 ms; one in this thread, whose BLAS
-    limit is read) must not restore each other's limit. 120 coordinates at ~0.2 ms a call (repeats=200) make the batches run on threads."""
+    limit is read) must not restore each other's limit. 120 coordinates at ~0.2 ms a call
+    (repeats=200) make the batches run on threads."""
     problems_ = [Problem(ThetaSpec((GroupSpec("W", (120,), "float64"),), False, seed), "numba",
                          repeats=200) for seed in seeds]
     cases = [(p, p.spec.build(), p.args()) for p in problems_]

@@ -73,7 +73,7 @@ def _expected_allocation(sizes: list[int], k: int) -> tuple[list[float], bool]:
         low, high = (middle, high) if sum(counts(middle)) < k else (low, middle)
     assert k >= base
     result = counts(high)
-    return result, any(n > FLOOR and r >= n for n, r in zip(sizes, result))
+    return result, any(n > FLOOR and r >= n for n, r in zip(sizes, result, strict=True))
 
 
 def _checked_flat(report) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_allocation_is_stratified_and_proportional(k):
     # the rest in proportion to the sizes (largest remainders: within 1 of the exact share,
     # 2 when a capped group's excess was shared again)
     expected, capped = _expected_allocation(sizes, k)
-    for (name, count), share in zip(counts.items(), expected):
+    for (name, count), share in zip(counts.items(), expected, strict=True):
         assert abs(count - share) < (2.0 if capped else 1.0), (name, count, share)
     # the per-group coverage reports the same counts
     assert {g.name: g.sampled for g in coverage.groups} == counts
@@ -511,7 +511,7 @@ def _worst_miss(sizes: tuple[int, int], sampled: tuple[int, int], bugged: int) -
 def _explicit_coverage(sizes, sampled):
     theta = {f"g{i}": np.zeros(size) for i, size in enumerate(sizes)}
     offsets = np.cumsum((0, *sizes[:-1]))
-    coords = np.concatenate([offset + np.arange(k) for offset, k in zip(offsets, sampled)])
+    coords = np.concatenate([offset + np.arange(k) for offset, k in zip(offsets, sampled, strict=True)])
     return plan_sample(theta, sample=coords)
 
 

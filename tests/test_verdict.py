@@ -318,7 +318,7 @@ def test_evaluation_noise_of_one_pair_equals_that_of_an_array():
             f_plus, f_minus = rng.choice(values, 200), rng.choice(values, 200)
             array = analysis.evaluation_noise(references, f_plus, f_minus, dtype)
             pairs = [analysis.evaluation_noise(references, float(a), float(b), dtype)
-                     for a, b in zip(f_plus, f_minus)]
+                     for a, b in zip(f_plus, f_minus, strict=True)]
             assert all(isinstance(pair, float) for pair in pairs)
             np.testing.assert_array_equal(array, pairs)
 
