@@ -291,7 +291,7 @@ class RemoteExecutor(Executor):
         try:
             self.dispatch(tasks, starts, gathered)
         except futures.BrokenExecutor as error:
-            gathered.fail(ChunkFailure(-1, 0, self.died(error, starts, rows_per_chunk, gathered)))
+            gathered.fail(ChunkFailure(-1, 0, self.died(error, gathered)))
         return gathered.result()
 
     #: Whether the workers read this machine's files (then the evaluator goes by file).
@@ -301,7 +301,7 @@ class RemoteExecutor(Executor):
         """Run ``tasks`` (the chunks at ``starts``), handing each result to ``gathered``."""
         raise NotImplementedError
 
-    def died(self, error: BaseException, starts: range, rows: int, gathered: _Gathered) -> WorkerDied:
+    def died(self, error: BaseException, gathered: _Gathered) -> WorkerDied:
         """The WorkerDied for ``error``: the rows not back are those that were in flight."""
         missing = np.flatnonzero(np.isnan(gathered.out).all(axis=1))
         first, last = (int(missing[0]), int(missing[-1])) if missing.size else (0, 0)
@@ -355,9 +355,9 @@ class ProcessPool(FuturesExecutor):
     def pool(self) -> futures.Executor:
         return shared_pool(self.workers)
 
-    def died(self, error, starts, rows, gathered) -> WorkerDied:
+    def died(self, error, gathered) -> WorkerDied:
         discard_pool(self.workers)
-        return super().died(error, starts, rows, gathered)
+        return super().died(error, gathered)
 
 
 class MapExecutor(RemoteExecutor):
@@ -420,10 +420,6 @@ def shared_pool(workers: int) -> futures.ProcessPoolExecutor:
             pool = _pools[workers] = futures.ProcessPoolExecutor(
                 workers, mp_context=_context(), initializer=_start_worker)
     return pool
-
-
-def pool_started(workers: int) -> bool:
-    return workers in _pools
 
 
 def discard_pool(workers: int) -> None:
