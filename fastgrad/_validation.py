@@ -188,6 +188,36 @@ def engine(value) -> str:
     return value
 
 
+#: The executors named by a string (see :func:`fastgrad.engine.executor_for`).
+EXECUTORS = ("threads", "processes", "serial")
+
+
+def executor(value, workers) -> tuple[object, int | None]:
+    """(executor, workers) as the engine takes them: ``value`` None (the default), one of
+    :data:`EXECUTORS`, a :class:`fastgrad.engine.Executor` or a ``concurrent.futures.Executor``;
+    ``workers`` None, a positive int, or a map-like callable (``workers=pool.map``, which
+    becomes the executor)."""
+    import concurrent.futures
+
+    from .engine import Executor
+
+    if callable(workers) and not is_integer(workers):
+        if value is not None:
+            raise InputError("give executor= or a map-like workers= (such as pool.map), not both")
+        return workers, None
+    count = optional_positive_int("workers", workers)
+    if value is None or (isinstance(value, str) and value in EXECUTORS):
+        if value == "serial" and count is not None and count > 1:
+            raise InputError(f"executor='serial' runs on one worker, got workers={count}")
+        return value, count
+    if isinstance(value, (Executor, concurrent.futures.Executor)):
+        if count is not None:
+            raise InputError("workers= cannot be given with an executor object: its workers are its own")
+        return value, None
+    raise InputError(f"executor must be None, one of {EXECUTORS}, a fastgrad Executor or a "
+                     f"concurrent.futures.Executor, got {value!r}")
+
+
 def sample_indices(value, size: int) -> np.ndarray:
     """Flat indices given as the sample: distinct, in [0, size), as sorted int64."""
     array = np.asarray(value)
@@ -282,6 +312,7 @@ class CheckOptions:
     dtype: np.dtype | None = None
     workers: int | None = None
     engine: str = "auto"
+    executor: object = None  # None, a name in EXECUTORS, an executor or a map-like callable
     sample: object = None
     detect: tuple[float, float] | None = None
     directions: int = 0
@@ -291,17 +322,19 @@ class CheckOptions:
 
 def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dtype=None,
                   workers=None, engine="auto", sample=None, detect=None, directions=None,
-                  seed=None, progress=None, directions_minimum: int = 1) -> CheckOptions:
+                  seed=None, progress=None, executor=None,
+                  directions_minimum: int = 1) -> CheckOptions:
     """Every option of :func:`fastgrad.check` (and of the entry points built on it), checked
     before any work; ``directions`` None becomes 0 (none)."""
     callable_of("loss", loss)
     if sample is not None and detect is not None:
         raise InputError("give sample= or detect=, not both")
     this = sys.modules[__name__]  # the validators, which the parameters' names shadow
+    executor, workers = this.executor(executor, workers)
     return CheckOptions(
         args=this.args(args), kwargs=this.kwargs(kwargs), method=this.method(method),
         eps=None if eps is None else this.eps(eps), dtype=this.dtype(dtype),
-        workers=optional_positive_int("workers", workers), engine=this.engine(engine),
+        workers=workers, engine=this.engine(engine), executor=executor,
         sample=this.sample(sample), detect=this.detect(detect),
         directions=optional_positive_int("directions", directions,
                                          minimum=directions_minimum) or 0,

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _validation as validate
-from .engine import make_engine
+from .engine import make_engine, with_default_executor
 from .engine.compiled import is_compiled
 from .errors import GradientMismatch, InputError
 from .parameters import Gradient, ParameterLayout, Sample, Theta
@@ -24,8 +24,9 @@ from .report import Report, with_jittered
 
 def check(loss: Callable, grad: Gradient, theta: Theta, args: tuple | list = (), *,
           kwargs: Mapping | None = None, method: str = "central", eps: float | None = None,
-          dtype: DTypeLike | None = None, workers: int | None = None, engine: str = "auto",
-          sample: Sample | None = None, detect: tuple[float, float] | None = None,
+          dtype: DTypeLike | None = None, workers: int | Callable | None = None,
+          engine: str = "auto", executor: Any = None, sample: Sample | None = None,
+          detect: tuple[float, float] | None = None,
           directions: int | None = None, seed: int | None = None,
           progress: bool | Callable[[int, int], None] | None = None,
           jitter: float | None = None) -> Report:
@@ -57,10 +58,19 @@ def check(loss: Callable, grad: Gradient, theta: Theta, args: tuple | list = (),
     dtype : {None, "float64"}
         Evaluate in this precision (e.g. a float32 theta in float64); default:
         theta's own (float32 stays float32, with float32 steps and tolerances).
-    workers : int, optional
-        Threads for a compiled loss (default: every core), 1 for a Python loss.
+    workers : int or map-like callable, optional
+        Threads for a compiled loss (default: every core), 1 for a Python loss; processes
+        with ``executor="processes"``.  A map-like callable (``workers=pool.map``, as in
+        SciPy's ``approx_derivative``) runs the chunks of evaluations through it.
     engine : {"auto", "numba", "python"}
         Force the plain-Python path with "python" (e.g. to compare engines).
+    executor : {None, "threads", "processes", "serial"} or Executor, optional
+        Where the evaluations run: threads, a pool of worker processes kept for the life of
+        this process (any loss: lambdas and closures travel with cloudpickle), the calling
+        thread, or a ``concurrent.futures.Executor`` (a ProcessPoolExecutor, loky's,
+        mpi4py's).  Default: threads for a compiled loss; for a Python loss, processes when
+        its measured serial time exceeds the pool's cost (and it pickles), else the calling
+        thread.
     sample : int, float or array of ints, optional
         Check k coordinates (or a fraction of n, or these flat indices) drawn
         without replacement, stratified over the groups; the report states what
@@ -92,7 +102,7 @@ def check(loss: Callable, grad: Gradient, theta: Theta, args: tuple | list = (),
     options = validate.check_options(loss, args=args, kwargs=kwargs, method=method, eps=eps,
                                      dtype=dtype, workers=workers, engine=engine, sample=sample,
                                      detect=detect, directions=directions, seed=seed,
-                                     progress=progress)
+                                     progress=progress, executor=executor)
     if jitter is None:
         return run_check(loss, grad, theta, options)
     nearby = jittered_theta(theta, jitter, dtype)  # InputError before any evaluation
@@ -122,24 +132,28 @@ def assert_gradient(loss: Callable, grad: Gradient, theta: Theta, args: tuple | 
 def numerical_gradient(loss: Callable, theta: Theta, args: tuple | list = (), *,
                        kwargs: Mapping | None = None, method: str = "central",
                        eps: float | None = None, dtype: DTypeLike | None = None,
-                       workers: int | None = None,
-                       engine: str = "auto") -> np.ndarray | dict[str, np.ndarray]:
+                       workers: int | Callable | None = None, engine: str = "auto",
+                       executor: Any = None) -> np.ndarray | dict[str, np.ndarray]:
     """The numerical gradient in theta's structure, by ``method`` (see :func:`check`).
 
     "central" is (f(θ+h·e_i) − f(θ−h·e_i)) / 2h for every coordinate, as in the
     classic recipe; no error estimate or second step is involved.  ``args`` and ``kwargs``
-    reach the loss as in :func:`check`.
+    reach the loss as in :func:`check`, and so do ``workers`` and ``executor``.
     """
     options = validate.check_options(loss, args=args, kwargs=kwargs, method=method, eps=eps,
-                                     dtype=dtype, workers=workers, engine=engine)
+                                     dtype=dtype, workers=workers, engine=engine,
+                                     executor=executor)
     loss, _, bound = validate.bind_keywords(loss, None, options.args, options.kwargs,
                                             is_compiled(loss))
     layout, theta_flat = ParameterLayout.from_theta(theta, options.dtype)
     chosen = options.method
     relative_step = chosen.default_step(layout.dtype) if options.eps is None else options.eps
     require_representable_steps(theta_flat, relative_step, layout.label)
-    run = make_engine(loss, theta_flat, bound, layout, engine, workers)
+    run = make_engine(loss, theta_flat, bound, layout, engine, options.workers,
+                      executor=options.executor)
     f0 = run.at(theta_flat)  # a clear error before the kernels run, if the loss is unusable
+    run = with_default_executor(run, options.executor, options.workers,
+                                layout.size * len(chosen.offsets))
     plan = Plan.for_coords(theta_flat, np.arange(layout.size, dtype=np.int64), relative_step)
     return layout.structured(numerical_derivatives(run, plan, theta_flat, chosen, loss, bound,
                                                    layout, f0))

@@ -32,7 +32,7 @@ from .report import Report
 from .sampling import ALPHA, Coverage, GroupCoverage, allocate, coverage_of
 
 #: The options of :func:`fastgrad.check` that a Monitor passes on to each of its checks.
-PASSED_OPTIONS = ("kwargs", "method", "eps", "dtype", "workers", "engine", "progress")
+PASSED_OPTIONS = ("kwargs", "method", "eps", "dtype", "workers", "engine", "executor", "progress")
 
 
 class GradientCheckWarning(UserWarning):
@@ -83,7 +83,7 @@ class Monitor:
         call ``on_fail(report)``.
     **options
         Passed to :func:`fastgrad.check`: ``kwargs``, ``method``, ``eps``, ``dtype``,
-        ``workers``, ``engine``, ``progress``.  Every option is checked here, before any
+        ``workers``, ``engine``, ``executor``, ``progress``.  Every option is checked here, before any
         evaluation.
     """
 

@@ -31,7 +31,7 @@ from . import _validation as validate
 from . import analysis
 from .derivatives import Context, complex_step, coordinate_derivatives, stencil
 from .directions import DirectionalChecks, DirectionalTester, Localiser, run_directions
-from .engine import Engine, make_engine, make_evaluator
+from .engine import Engine, make_engine, make_evaluator, with_default_executor
 from .engine.compiled import is_compiled
 from .errors import InputError, LossError, describe
 from .methods import CENTRAL, COMPLEX, Method
@@ -102,8 +102,11 @@ def run_check(loss: Callable, grad, theta, options: validate.CheckOptions,
         run = make_engine(prepared.loss, prepared.theta, prepared.args, prepared.layout,
                           options.engine, options.workers,
                           bar if bar is not None
-                          else options.progress if callable(options.progress) else None)
+                          else options.progress if callable(options.progress) else None,
+                          options.executor)
         f0 = run.at(prepared.theta)
+        run = with_default_executor(run, options.executor, options.workers,
+                                    len(prepared.plan) * len(prepared.method.offsets))
         clock = [time.perf_counter()]
 
         def lap() -> float:

@@ -4,13 +4,16 @@ An engine is an evaluator (how the loss is evaluated: :mod:`.compiled`, :mod:`.p
 times an executor (where chunks of evaluations run: :mod:`.executors`).
 :func:`make_engine` chooses the evaluator (compiled for a Numba dispatcher, Python
 otherwise) and the executor (threads for a compiled loss, the calling thread for a
-Python one); :class:`Engine` validates single evaluations, runs batches of
+Python one; for a Python loss whose serial time, measured, exceeds the cost of a pool
+of processes, :func:`default_executor` moves it onto :mod:`.processes`' pool);
+:class:`Engine` validates single evaluations, runs batches of
 perturbations on its executor, counts evaluations, and turns a loss failure into a
 :class:`~fastgrad.errors.LossError` that names the coordinate and the step.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as futures
 import time
 
 import numpy as np
@@ -30,29 +33,101 @@ from .executors import (
     ThreadPool,
     chunk_size,
 )
+from .processes import (
+    BATCH_SECONDS,
+    POOL_START_SECONDS,
+    FuturesExecutor,
+    MapExecutor,
+    ProcessPool,
+    RemoteExecutor,
+    WorkerDied,
+    parcel,
+    picklable,
+    workers_skip_main,
+)
 from .python import PythonEvaluator
 
-__all__ = ["ENGINES", "CallingThread", "Engine", "Evaluator", "Executor", "ThreadPool",
-           "Workspace", "available_cores", "make_engine", "make_evaluator"]
+__all__ = ["ENGINES", "CallingThread", "Engine", "Evaluator", "Executor", "FuturesExecutor",
+           "MapExecutor", "ProcessPool", "ThreadPool", "Workspace", "available_cores",
+           "default_executor", "make_engine", "make_evaluator"]
 
 ENGINES = ("auto", "numba", "python")
-#: A batch expected to take less than this runs in the calling thread: starting the
-#: workers and limiting BLAS costs about a millisecond.
-SERIAL_BELOW_SECONDS = 0.01
 _CALLING_THREAD = CallingThread()
 
 
 def make_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
                 engine: str = "auto", workers: int | None = None,
-                progress: Progress | None = None) -> Engine:
-    """The engine for ``loss``: compiled for a Numba dispatcher, Python otherwise, on
-    ``workers`` threads (default: every core for a compiled loss, the calling thread for
-    a Python one); ``progress(coordinates, evaluations)`` is called after each chunk."""
+                progress: Progress | None = None, executor=None) -> Engine:
+    """The engine for ``loss``: compiled for a Numba dispatcher, Python otherwise, on the
+    ``executor`` asked for (see :func:`executor_for`; default: every core's threads for a
+    compiled loss, the calling thread for a Python one until :func:`default_executor` knows
+    its time); ``progress(coordinates, evaluations)`` is called after each chunk."""
     evaluator = make_evaluator(loss, theta, args, layout, engine)
-    workers = evaluator.default_workers if workers is None \
-        else validate.positive_int("workers", workers)
-    executor: Executor = ThreadPool(workers) if workers > 1 else CallingThread()
-    return Engine(evaluator, layout, executor, progress)
+    workers = None if workers is None else validate.positive_int("workers", workers)
+    return Engine(evaluator, layout, executor_for(executor, evaluator, workers), progress)
+
+
+def executor_for(requested, evaluator: Evaluator, workers: int | None) -> Executor:
+    """The executor named by ``requested`` (validated): "serial", "threads" or "processes"
+    on ``workers`` workers (default: every core), an Executor as is, a
+    ``concurrent.futures.Executor`` or a map-like callable wrapped; None: the default for
+    an unknown time (:func:`default_executor`).  One that runs in other processes pickles
+    the evaluator here: InputError before any evaluation if it cannot."""
+    if requested is None:
+        return default_executor(evaluator, workers, None)
+    count = available_cores() if workers is None else workers
+    chosen: Executor
+    if requested == "serial":
+        chosen = CallingThread()
+    elif requested == "threads":
+        chosen = ThreadPool(count) if count > 1 else CallingThread()
+    elif requested == "processes":
+        chosen = ProcessPool(count)
+    elif isinstance(requested, Executor):
+        chosen = requested
+    elif isinstance(requested, futures.Executor):
+        chosen = FuturesExecutor(requested)
+    else:
+        chosen = MapExecutor(requested)
+    if isinstance(chosen, RemoteExecutor):
+        parcel(evaluator, chosen.same_machine)
+    return chosen
+
+
+def default_executor(evaluator: Evaluator, workers: int | None,
+                     serial_seconds: float | None) -> Executor:
+    """Where a check's batches run when the user did not say: a compiled loss (or a given
+    ``workers``) on threads, as many as workers (default: every core); a Python loss on
+    :class:`ProcessPool` over every core when :func:`processes_pay` for its estimated
+    ``serial_seconds`` (None: unknown), it pickles and new workers would not run the user's
+    script again (:func:`~.processes.workers_skip_main`), else in the calling thread."""
+    if isinstance(evaluator, CompiledEvaluator) or workers is not None:
+        count = evaluator.default_workers if workers is None else workers
+        return ThreadPool(count) if count > 1 else CallingThread()
+    cores = available_cores()
+    if serial_seconds is not None and processes_pay(serial_seconds, cores) \
+            and workers_skip_main() and picklable(evaluator):
+        return ProcessPool(cores)
+    return _CALLING_THREAD
+
+
+def processes_pay(serial_seconds: float, workers: int) -> bool:
+    """Whether ``workers`` processes beat the calling thread on ``serial_seconds`` of work:
+    S/P + C < S, with C the pool's start and one batch's overhead.  C counts the start even
+    when the pool is warm, so that the choice does not depend on what ran before (a loss
+    with side effects, such as counting its calls, sees them in the caller unless its work
+    exceeds a cold start).  (Each chunk's own overhead, tens of µs for ~CHUNK_SECONDS of
+    work, is under 1%.)"""
+    cost = BATCH_SECONDS + POOL_START_SECONDS
+    return workers > 1 and serial_seconds * (1.0 - 1.0 / workers) > cost
+
+
+def with_default_executor(run: Engine, requested, workers: int | None, evaluations: int) -> Engine:
+    """``run`` on :func:`default_executor` for ``evaluations`` more evaluations at the time
+    of its last one, when the user chose no executor (``requested`` None); else ``run``."""
+    if requested is not None:
+        return run
+    return run.on(default_executor(run.evaluator, workers, run.seconds_per_evaluation * evaluations))
 
 
 def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
@@ -90,6 +165,13 @@ class Engine:
     def with_evaluator(self, evaluator: Evaluator) -> Engine:
         """An engine over another evaluator (a complex θ) on the same executor and progress."""
         return Engine(evaluator, self.layout, self.executor, self.progress)
+
+    def on(self, executor: Executor) -> Engine:
+        """This engine, its counts and its timings, on another executor."""
+        moved = Engine(self.evaluator, self.layout, executor, self.progress)
+        moved.evaluations, moved.chunks = self.evaluations, self.chunks
+        moved.batch_seconds, moved.seconds_per_evaluation = self.batch_seconds, self.seconds_per_evaluation
+        return moved
 
     @property
     def name(self) -> str:
@@ -148,7 +230,7 @@ class Engine:
         if rows == 0:
             return np.empty(values.shape)
         executor = self.executor
-        if rows * points * self.seconds_per_evaluation < SERIAL_BELOW_SECONDS \
+        if rows * points * self.seconds_per_evaluation < executor.start_seconds \
                 or min(executor.workers, rows) <= 1:
             executor = _CALLING_THREAD  # starting workers would cost more than they save
         workers = executor.workers
@@ -181,6 +263,12 @@ class Engine:
         if isinstance(error, ProgressFailed):
             raise GradientCheckError(f"the progress callback raised {type(error.error).__name__}: "
                                      f"{describe(error.error)}; the check stopped") from error.error
+        if isinstance(error, WorkerDied):
+            raise LossError(f"a worker process died while evaluating the loss at coordinates "
+                            f"{self.layout.label(int(coords[error.first]))} to "
+                            f"{self.layout.label(int(coords[error.last]))} (os._exit, a crash in "
+                            f"compiled code, or the out-of-memory killer: {error.cause}); the "
+                            "check stopped") from error
         if failure.row < 0:
             raise error  # not tied to an evaluation: fastgrad's own failure, as it was
         row = failure.row

@@ -114,6 +114,17 @@ class CompiledEvaluator(Evaluator):
         self.shape = layout.array_shape
         self.kernel = chunk_kernel(loss)
 
+    def __getstate__(self) -> dict:
+        """Pickled without its kernel (a closure over the loss): rebuilt on unpickling, and
+        compiled once per process by :func:`chunk_kernel`."""
+        state = self.__dict__.copy()
+        del state["kernel"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.kernel = chunk_kernel(self.loss)
+
     @property
     def default_workers(self) -> int:
         return available_cores()

@@ -6,7 +6,7 @@ values[j, q]).  It is cut into chunks of rows; a chunk is self-contained (its ro
 run it wherever an :class:`~fastgrad.engine.base.Evaluator` can be rebuilt: in the
 calling thread (:class:`CallingThread`), on threads sharing the evaluator
 (:class:`ThreadPool`), and, by the same interface, in processes or on a cluster that
-receive the evaluator once and then only chunks.
+receive the evaluator once and then only chunks (:mod:`.processes`).
 
 Every executor keeps the same promises: one workspace (a copy of θ) per worker,
 whatever the number of chunks; the first failure, with its row and point, stops the
@@ -81,8 +81,11 @@ def chunk_size(rows: int, points: int, workers: int, seconds_per_evaluation: flo
 class Executor(ABC):
     """Runs the chunks of a batch on ``workers`` workers."""
 
-    #: Short name shown in the report ("serial", "threads").
+    #: Short name shown in the report ("serial", "threads", "processes").
     name: str = ""
+    #: Seconds it costs to hand a batch to the workers and get it back: a batch expected
+    #: to take less runs in the calling thread instead.
+    start_seconds: float = 0.0
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -144,7 +147,7 @@ class _Batch:
                 if not isinstance(error, Exception) and self.workers <= 1:
                     raise  # Ctrl-C in the calling thread: nothing to hand over
             else:
-                failure = _first_non_finite(out, start, end)
+                failure = first_non_finite(out, start, end)
             if failure is not None:
                 self.record(failure)
                 return
@@ -201,6 +204,7 @@ class ThreadPool(Executor):
     (a compiled kernel); a Python loss holds it."""
 
     name = "threads"
+    start_seconds = 0.01  # starting the threads and limiting BLAS: about a millisecond
 
     def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None) -> BatchResult:
         batch = _Batch(evaluator, coords, values, rows_per_chunk, progress, self.workers)
@@ -223,7 +227,7 @@ class ThreadPool(Executor):
         return batch.result()
 
 
-def _first_non_finite(out: np.ndarray, start: int, end: int) -> ChunkFailure | None:
+def first_non_finite(out: np.ndarray, start: int, end: int) -> ChunkFailure | None:
     finite = np.isfinite(out[start:end])
     if finite.all():
         return None
