@@ -5,7 +5,9 @@ module measures and judges.  Every value carries an allowed error z·r + t + a (
 r, truncation t, and the analytic gradient's own rounding a; see :mod:`.analysis`).  A coordinate that
 disagrees at the first pass is evaluated at a second step: its truncation error
 is then estimated from the two, and the one-sided differences on either side
-tell a kink (ReLU, max, abs, hinge) from a wrong gradient.
+tell a kink (ReLU, max, abs, hinge) from a wrong gradient.  A screening method
+(``forward``) clears what it can at one evaluation a row and hands the rest to its
+confirming method (:func:`screen_clears`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .errors import LossError
 from .methods import CENTRAL, Method, central
 from .noise import NoiseEstimate
 from .plan import Plan
+from .sampling import ALPHA, FLOOR, smallest_caught
 
 #: Statuses of a checked coordinate.
 OK, FAIL, KINK = "ok", "fail", "kink"
@@ -36,6 +39,25 @@ class CoordinateChecks:
     unresolved: np.ndarray  # bool: a one-sided value agrees, but no kink is resolved
     rough: np.ndarray | None = None  # bool: not smooth at any usable step (also unresolved)
     steps: np.ndarray | None = None  # step judged at, where moved to a balanced one (else 0)
+    screen: Screen | None = None  # what a screening method's first pass left to its confirmer
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A screen's first pass over ``size`` rows: ``screened`` of them evaluated (those it could
+    clear at all), ``cleared`` cleared; every other row, and ``audited`` cleared ones drawn at
+    random, judged by ``confirmed_by`` at its relative step ``confirm_step``.  A bug that the
+    screen clears at ``caught_from`` or more rows is caught w.p. ≥ 1 − ``alpha``
+    (:func:`audit_rows`)."""
+
+    size: int
+    screened: int
+    cleared: int
+    audited: int
+    confirmed_by: str
+    confirm_step: float
+    caught_from: int
+    alpha: float
 
 
 @dataclass(frozen=True)
@@ -88,10 +110,29 @@ class Context:
                 f"({self.displaced.sigma:.2e})"]
 
 
-def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets):
-    """Losses at θ_c + offsets·h (k × len(offsets)) and the offsets actually taken."""
-    values = plan.points(theta, offsets)
-    return run.perturbed(plan.coords, values), plan.taken(theta, values)
+def stencil(run: Engine, plan: Plan, theta: np.ndarray, offsets, centre: float | None = None):
+    """Losses at θ_c + offsets·h (k × len(offsets)) and the offsets actually taken.
+
+    An offset 0 is θ itself: its column is f(θ) = ``centre`` (evaluated once here when None),
+    taken 0, not one evaluation per row.
+    """
+    values, taken, moving = _points(plan, theta, offsets)
+    if moving.all():
+        return run.perturbed(plan.coords, values), taken
+    losses = np.empty(taken.shape)
+    losses[:, moving] = run.perturbed(plan.coords, values)
+    losses[:, ~moving] = run.at(theta) if centre is None else centre
+    return losses, taken
+
+
+def _points(plan: Plan, theta: np.ndarray, offsets):
+    """(the points of the offsets other than 0, every offset taken, which offsets move θ)."""
+    offsets = np.asarray(offsets, dtype=np.float64)
+    moving = offsets != 0.0
+    values = plan.points(theta, offsets[moving])
+    taken = np.zeros((len(plan), offsets.size))
+    taken[:, moving] = plan.taken(theta, values)
+    return values, taken, moving
 
 
 def rounding(context: Context, losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
@@ -107,13 +148,18 @@ def analytic_allowance(context: Context, analytic: np.ndarray, multiplier: float
     return unit * np.abs(analytic) + unit * context.analytic_scale
 
 
-def coordinate_derivatives(context: Context, plan: Plan, method: Method) -> CoordinateChecks:
-    """Numerical derivatives at the plan's coordinates by ``method``, with allowed errors."""
-    multiplier = analysis.noise_multiplier(len(plan))
+def coordinate_derivatives(context: Context, plan: Plan, method: Method,
+                           multiplier: float | None = None) -> CoordinateChecks:
+    """Numerical derivatives at the plan's coordinates by ``method``, with allowed errors;
+    ``multiplier``: z, by default that of the plan's size (:func:`analysis.noise_multiplier`)."""
+    if multiplier is None:
+        multiplier = analysis.noise_multiplier(len(plan))
     analytic = context.analytic[plan.coords]
     allowance = analytic_allowance(context, analytic, multiplier)
     if method.complex:
         return _complex(context, plan, multiplier, allowance)
+    if method.confirm_with is not None:
+        return _screened(context, plan, method, multiplier, allowance)
     near, near_taken = stencil(context.run, plan, context.theta, method.offsets)
     numerical, rounding_std = method.first_pass(near, near_taken, _rounding_of(context))
     error = multiplier * rounding_std + allowance
@@ -131,6 +177,114 @@ def coordinate_derivatives(context: Context, plan: Plan, method: Method) -> Coor
     if method is CENTRAL and noise_far_above_rounding(context):
         _rebalance(context, plan, analytic, checks, multiplier, allowance)
     return checks
+
+
+def screen_clears(numerical, analytic, error) -> np.ndarray:
+    """Which rows a screen clears; the others go to its confirming method (it fails none).
+
+    The forward difference F = (f(θ+a) − f(θ))/a = f' + τ + ρ has truncation
+    τ = a·f''/2 + O(a²) and rounding ρ of standard deviation r = √2·σ/a (f(θ+a) and f(θ)
+    each carry noise σ).  One evaluation a row cannot bound τ, so the rule has no truncation
+    term and is one-sided: with A = z·r + a_g (``error``; a_g the analytic gradient's own
+    rounding) and W = WRONG_ABOVE = 1e-3,
+
+        cleared  ⇔  |F − g| ≤ A   and   2·A ≤ W · max(|F|, |g|).
+
+    A correct gradient has |F − g| = |τ + ρ|: where the truncation shows above the rounding
+    allowance the row goes to the confirming method, so a truncation never fails it.  The
+    second condition keeps the screen to rows it resolves to the seed's "wrong" bar: a
+    gradient error |δ| ≥ W·max(|F|, |g|) ≥ 2A, less a rounding |ρ| ≤ z·r ≤ A, leaves
+    |F − g| > A (not cleared, unless τ cancels it).  A cleared row vouches for
+    |δ − τ| ≤ A + |ρ| ≤ 2A, δ = g − f'.
+
+    What would make it wrong: (1) δ within 2A of τ = a·f''/2, a set of measure zero for an
+    error drawn at random, but exactly what a gradient computed by forward differences itself
+    carries (δ = a'·f''/2 at the user's step a' ≈ a); (2) an error below 2A but above the
+    confirming method's resolution (central's rounding at ∛u is 2·u^(-1/6) ≈ 800 times finer
+    than the screen's in float64, 28 times in float32).  Both are cleared; the audit
+    (:func:`audit_rows`) catches them where they touch a fraction of the rows.
+    """
+    scale = np.maximum(np.abs(numerical), np.abs(analytic))
+    return (np.abs(numerical - analytic) <= error) & (2.0 * error <= analysis.WRONG_ABOVE * scale)
+
+
+def screenable(least_error, analytic) -> np.ndarray:
+    """Rows a screen could clear at all, before any evaluation: (2 − W)·A_min ≤ W·|g|.
+
+    A cleared row has |F| ≤ |g| + A, so 2A ≤ W·max(|F|, |g|) needs (2 − W)·A ≤ W·|g|, and
+    A ≥ A_min = z·r_min + a_g, r_min the pair's rounding at the least noise either value
+    can carry (:func:`least_noise`).  The others (g = 0 among them) go to the confirming
+    method without a screen evaluation.
+    """
+    wrong = analysis.WRONG_ABOVE
+    return (2.0 - wrong) * least_error <= wrong * np.abs(analytic)
+
+
+def least_noise(context: Context) -> float:
+    """The least noise :func:`analysis.evaluation_noise` gives a pair that holds f(θ): the
+    largest reference σ (growth ≥ 1), and never less than u·|f(θ)|."""
+    return max(float(np.finfo(context.values_dtype).eps) * abs(context.f0),
+               *(sigma for sigma, _ in context.noise_references))
+
+
+#: Cleared rows judged again by the confirming method, drawn at random: a sampled check's floor
+#: (:data:`fastgrad.sampling.FLOOR`), on which a bug touching ≥ 17% of the rows is caught w.p. ≥ 95%.
+AUDIT_ROWS = FLOOR
+#: Fixed seed of the audit: a check of the same θ audits the same rows.
+AUDIT_SEED = 20261205
+
+
+def audit_rows(cleared: np.ndarray) -> np.ndarray:
+    """m = min(AUDIT_ROWS, N) of the N ``cleared`` rows, drawn without replacement (fixed seed),
+    sorted.  A bug that the screen clears at K of them escapes the audit with probability
+    C(N − K, m)/C(N, m) ≤ (1 − m/N)^K (:func:`fastgrad.sampling.smallest_caught`)."""
+    count = min(AUDIT_ROWS, cleared.size)
+    return np.sort(np.random.default_rng(AUDIT_SEED).choice(cleared, count, replace=False))
+
+
+def _screened(context: Context, plan: Plan, method: Method, multiplier: float,
+              allowance) -> CoordinateChecks:
+    """A screen's first pass on the rows it could clear (:func:`screenable`; one evaluation
+    each, its offset 0 read from f(θ)), then ``method.confirm_with``, at its own default step
+    and with the same z, on every row it did not clear and on an audit of those it did:
+    those rows get the very values, errors and marks the confirming method gives them.
+    Where f(θ) is off the loss around it (a jump at θ), a difference from f(θ) says nothing
+    and no row is screened."""
+    confirm = method.confirm_with
+    assert confirm is not None and len(method.offsets) == 2  # a pair: (θ + a, θ)
+    analytic = context.analytic[plan.coords]
+    _, taken, _ = _points(plan, context.theta, method.offsets)
+    least = multiplier * analysis.rounding_std(least_noise(context), taken[:, 0], taken[:, 1])
+    screened = np.flatnonzero(screenable(least + allowance, analytic)
+                              & (not context.theta_outlier))
+    near, near_taken = stencil(context.run, plan.subset(screened), context.theta,
+                               method.offsets, context.f0)
+    forward, rounding_std = method.first_pass(near, near_taken, _rounding_of(context))
+    numerical, error = np.zeros(len(plan)), np.zeros(len(plan))
+    numerical[screened] = forward
+    error[screened] = multiplier * rounding_std + allowance[screened]
+    cleared = screened[screen_clears(numerical[screened], analytic[screened], error[screened])]
+    audited = audit_rows(cleared)
+    again = np.union1d(np.setdiff1d(np.arange(len(plan)), cleared), audited)
+    step = confirm.default_step(context.dtype)
+    judged = coordinate_derivatives(context, Plan.for_coords(context.theta, plan.coords[again],
+                                                             step), confirm, multiplier)
+    numerical[again], error[again] = judged.numerical, judged.error
+    size = len(plan)
+    screen = Screen(size, screened.size, cleared.size, audited.size, confirm.name, step,
+                    smallest_caught(cleared.size, audited.size, ALPHA) if cleared.size else 0, ALPHA)
+    return CoordinateChecks(numerical, error, again[judged.refined],
+                            _scatter(size, again, judged.kink), _scatter(size, again, judged.unresolved),
+                            None if judged.rough is None else _scatter(size, again, judged.rough),
+                            None if judged.steps is None else _scatter(size, again, judged.steps),
+                            screen)
+
+
+def _scatter(size: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` at ``rows`` of a zero (False) array of ``size``."""
+    full = np.zeros(size, dtype=values.dtype)
+    full[rows] = values
+    return full
 
 
 #: The ladder of steps h·2^j, j = 1..LADDER_LEVELS, searched for the balanced step.

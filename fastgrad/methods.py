@@ -10,7 +10,13 @@ pairs a kink analysis reads).  :func:`fastgrad.check`, :func:`numerical_gradient
 
 * ``central``: D(h) = (f(θ+h) − f(θ−h)) / 2h, 2 evaluations, error O(h²);
 * ``central4``: R = (4·D(h) − D(2h))/3, 4 evaluations, error O(h⁴);
-* ``complex``: Im f(θ + i·h) / h, 1 complex evaluation, no subtractive cancellation.
+* ``complex``: Im f(θ + i·h) / h, 1 complex evaluation, no subtractive cancellation;
+* ``forward``: F = (f(θ+h) − f(θ)) / h, a screen at 1 evaluation (f(θ) is measured once):
+  the rows it cannot clear, and a random few it clears, are judged by ``central``
+  (:attr:`Method.confirm_with`; the rule is :func:`fastgrad.derivatives.screen_clears`).
+
+An offset 0 in ``offsets`` stands for θ itself: f(θ), which every check measures once, is
+read there instead of being evaluated again for every row.
 """
 
 from __future__ import annotations
@@ -58,13 +64,26 @@ class Method:
     refine_offsets: tuple[float, ...]
     step_exponent: float
     complex: bool = False  # evaluates f at θ + i·h (no real stencil)
+    confirm_with: Method | None = None  # a screen: rows it does not clear go to this method
 
     def default_step(self, dtype) -> float:
         """h0 = u^p, u the machine epsilon of ``dtype``: p = 1/3 balances a second-order
-        truncation against rounding, 1/5 a fourth-order one (Nocedal & Wright §8.1)."""
+        truncation against rounding, 1/5 a fourth-order one, 1/2 a first-order one
+        (Nocedal & Wright §8.1)."""
         eps = float(np.finfo(dtype).eps)
-        return float(np.cbrt(eps)) if self.step_exponent == 1.0 / 3.0 \
-            else eps ** self.step_exponent
+        if self.step_exponent == 1.0 / 3.0:
+            return float(np.cbrt(eps))
+        if self.step_exponent == 0.5:
+            return float(np.sqrt(eps))
+        return eps ** self.step_exponent
+
+    def probe_step(self, relative_step: float, dtype) -> float:
+        """The relative step one step from θ where the noise is measured (near a zero of f): the
+        first pass's, or the confirming method's default where that is larger (its points
+        reach farther, and rounding grows with f away from a zero)."""
+        if self.confirm_with is None:
+            return relative_step
+        return max(relative_step, self.confirm_with.default_step(dtype))
 
     def value(self, losses: np.ndarray, taken: np.ndarray) -> np.ndarray:
         """The derivative from the first pass's losses (k × len(offsets))."""
@@ -124,6 +143,23 @@ class Central4Method(Method):
             outer=(near[:, 2], far[:, 0], near[:, 3], far[:, 1], 2.0 * np.abs(near_taken[:, 0])))
 
 
+class ForwardMethod(Method):
+    """F = (f(θ+a) − f(θ)) / a on the step a actually taken: the pair (θ+a, θ) in the
+    columns of offsets (1, 0), the central formula with a₋ = 0.
+
+    Error: F − f' = a·f''/2 + O(a²) (truncation, first order) + (ε₊ − ε₀)/a (rounding,
+    standard deviation r = √2·σ/a for two values each of noise σ).  Their sum is smallest
+    at a ∝ √(σ/|f''|), hence h0 = √u.  A screen: one evaluation per row cannot bound
+    a·f''/2, so it never fails a row; see :func:`fastgrad.derivatives.screen_clears`.
+    """
+
+    def value(self, losses, taken):
+        return central(losses, taken)
+
+    def first_pass(self, losses, taken, rounding_of):
+        return central(losses, taken), rounding_of(losses, taken)
+
+
 class ComplexMethod(Method):
     """Im f(θ + i·h·e_c) / h: see :func:`fastgrad.derivatives.complex_step`."""
 
@@ -134,9 +170,10 @@ class ComplexMethod(Method):
 CENTRAL = CentralMethod("central", (1.0, -1.0), (2.0, -2.0), 1.0 / 3.0)
 CENTRAL4 = Central4Method("central4", (1.0, -1.0, 2.0, -2.0), (4.0, -4.0), 1.0 / 5.0)
 COMPLEX = ComplexMethod("complex", (), (), 0.0, complex=True)
+FORWARD = ForwardMethod("forward", (1.0, 0.0), (), 0.5, confirm_with=CENTRAL)
 
 #: Every method by name, in the order the documentation lists them.
-METHODS: dict[str, Method] = {m.name: m for m in (CENTRAL, CENTRAL4, COMPLEX)}
+METHODS: dict[str, Method] = {m.name: m for m in (CENTRAL, CENTRAL4, COMPLEX, FORWARD)}
 
 
 def finite_differences() -> tuple[str, ...]:

@@ -212,7 +212,8 @@ def measure_noise(prepared: Prepared, run: Engine, f0: float) -> tuple[Context, 
     require_same(f0, noise.f0, prepared.layout.dtype, "twice in a row")
     displaced = None
     if not prepared.method.complex and not prepared.sparse_noise:  # a dense probe costs O(n)
-        displaced = _displaced_noise(run, theta, noise, prepared.plan.relative_step)
+        displaced = _displaced_noise(run, theta, noise, prepared.method.probe_step(
+            prepared.plan.relative_step, theta.dtype))
     complex_run = None
     if prepared.method.complex:
         complex_run = complex_engine(run, prepared.loss, theta, prepared.args, prepared.layout,
@@ -382,5 +383,5 @@ def numerical_derivatives(run: Engine, plan: Plan, theta: np.ndarray, method: Me
         sigma = float(np.finfo(layout.dtype).eps) * abs(f0)  # rounding of f at best
         return complex_step(complex_engine(run, loss, theta, args, layout, f0, sigma), plan,
                             theta)
-    losses, taken = stencil(run, plan, theta, method.offsets)
+    losses, taken = stencil(run, plan, theta, method.offsets, f0)
     return method.value(losses, taken)

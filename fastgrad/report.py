@@ -125,6 +125,7 @@ class Report:
     chunks: int = 0  # chunks of evaluations the executor ran
     timings: dict = field(default_factory=dict)  # seconds: "noise", "coordinates",
     # "directions" (the stages) and "batches" (inside the executor's batches, of them all)
+    screen: dict | None = None  # a screening method's first pass (derivatives.Screen's fields)
 
     @property
     def passed(self) -> bool:
@@ -292,8 +293,22 @@ def _method_line(report: Report) -> str:
              f"{'' if report.noise_detected else ' (not measured: bound used)'}")
     if _directions_only(report):  # directions.py differences centrally, at its own steps
         return f"method          central differences along each direction (steps below); {noise}"
-    return (f"method          {report.method}, h = {report.relative_step:.2e} * max(1, |theta_i|); "
+    line = (f"method          {report.method}, h = {report.relative_step:.2e} * max(1, |theta_i|); "
             f"{noise}; allowed |D - g| = {report.multiplier:.1f} * rounding + truncation")
+    return line if report.screen is None else line + "\n" + _screen_line(report.screen)
+
+
+def _screen_line(screen: dict) -> str:
+    """What a screen cleared at one evaluation a coordinate, and what it left to its confirmer."""
+    judged = screen["size"] - screen["cleared"]
+    audit = (f"; a bug it clears at >= {_share(screen['caught_from'], screen['cleared'])} of them "
+             f"is caught w.p. >= {1 - screen['alpha']:.0%}" if screen["audited"] < screen["cleared"]
+             else "")
+    return (f"                screen: {screen['screened']:,} of {screen['size']:,} coordinates "
+            f"differenced from f(theta) (the others it cannot resolve to {WRONG_ABOVE:g}), "
+            f"{screen['cleared']:,} cleared; {judged:,} not cleared and {screen['audited']:,} "
+            f"cleared, drawn at random, judged by {screen['confirmed_by']}, "
+            f"h = {screen['confirm_step']:.2e} * max(1, |theta_i|){audit}")
 
 
 def _seed_line(report: Report, command_line: bool) -> str:
@@ -477,4 +492,5 @@ def build_report(judged: Verdict, layout: ParameterLayout, plan, coordinates, no
         localisation=(None if directional is None or directional.localisation is None
                       else directional.localisation.to_dict(layout)),
         executor=run.executor.name, chunks=run.chunks, timings=dict(timings or {}),
+        screen=None if coordinates.screen is None else dataclasses.asdict(coordinates.screen),
     )

@@ -84,7 +84,7 @@ def step_scan(loss: Callable, theta: Theta, coords: Sequence, args: tuple | list
 
     The reference is ``grad`` when given, else the complex step when the loss
     accepts complex input, else "central4" at its default step.  Costs
-    len(steps)·len(coords)·(2 or 4) loss evaluations.  Every input, ``grad`` included, is
+    len(steps)·len(coords)·(2, 4, or 1 for "forward") loss evaluations.  Every input, ``grad`` included, is
     checked before the first evaluation.
     """
     args = validate.args(args)
@@ -95,12 +95,13 @@ def step_scan(loss: Callable, theta: Theta, coords: Sequence, args: tuple | list
     steps = default_steps(layout.dtype) if steps is None else validate.relative_steps(steps)
     require_representable_steps(theta_flat, float(steps.max()), layout.label)
     for step in steps:  # InputError now for a step too small to move a coordinate
-        Plan.for_coords(theta_flat, indices, float(step)).points(theta_flat, chosen.offsets)
+        Plan.for_coords(theta_flat, indices, float(step)).points(
+            theta_flat, [offset for offset in chosen.offsets if offset])  # 0: θ itself
     analytic = None if grad is None else analytic_gradient(grad, theta_flat, layout, args)[0]
     run = make_engine(loss, theta_flat, args, layout, engine, workers)
     f0 = run.at(theta_flat)
     numerical = np.column_stack([
-        _derivative(run, theta_flat, indices, step, chosen) for step in steps])
+        _derivative(run, theta_flat, indices, step, chosen, f0) for step in steps])
     if analytic is not None:
         reference, name = analytic[indices], "analytic"
     else:
@@ -110,9 +111,9 @@ def step_scan(loss: Callable, theta: Theta, coords: Sequence, args: tuple | list
                     chosen.name)
 
 
-def _derivative(run, theta, indices, step: float, method: Method) -> np.ndarray:
+def _derivative(run, theta, indices, step: float, method: Method, f0: float) -> np.ndarray:
     plan = Plan.for_coords(theta, indices, step)
-    losses, taken = stencil(run, plan, theta, method.offsets)
+    losses, taken = stencil(run, plan, theta, method.offsets, f0)
     return method.value(losses, taken)
 
 
@@ -123,6 +124,6 @@ def _reference(loss, theta, args, layout, f0, indices, run):
         complex_run = complex_engine(run, loss, theta, args, layout, f0, sigma)
     except InputError:
         step = CENTRAL4.default_step(theta.dtype)
-        return _derivative(run, theta, indices, step, CENTRAL4), "central4"
+        return _derivative(run, theta, indices, step, CENTRAL4, f0), "central4"
     plan = Plan.for_coords(theta, indices, COMPLEX.default_step(theta.dtype))
     return complex_step(complex_run, plan, theta), "complex step"

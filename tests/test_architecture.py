@@ -43,7 +43,7 @@ def test_every_entry_point_reads_the_one_registry():
         np.testing.assert_allclose(fg.numerical_gradient(sine, THETA, method=name),
                                    sine_grad(THETA), rtol=1e-6)
     with pytest.raises(fg.InputError, match="method must be one of"):
-        method_named("forward")
+        method_named("backward")
 
 
 def test_a_new_method_is_one_object_in_the_registry(monkeypatch):

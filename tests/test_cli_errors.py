@@ -129,7 +129,7 @@ def test_every_input_error_exits_2_with_one_line(case, tmp_path, capsys):
 @pytest.mark.parametrize("options", [["--seed", "-1", "--sample", "3"], ["--seed", "abc"],
                                      ["--sample", "0"], ["--sample", "x"], ["--detect", "2,0.05"],
                                      ["--eps", "-1"], ["--workers", "0"], ["--directions", "0"],
-                                     ["--method", "forward"], ["--no-such-option"]])
+                                     ["--method", "backward"], ["--no-such-option"]])
 def test_every_bad_option_exits_2_with_one_line(options, tmp_path, capsys):
     model = _write(tmp_path, "model.py", SINE)
     status = _main(["check", str(model), *options])

@@ -143,7 +143,7 @@ def test_non_callable_loss():
 
 @pytest.mark.parametrize("options, fragment", [
     (dict(engine="gpu"), "engine must be one of"),
-    (dict(method="forward"), "method must be one of"),
+    (dict(method="backward"), "method must be one of"),
     (dict(dtype="int8"), "dtype must be"),
 ])
 def test_other_bad_options(options, fragment):

@@ -591,7 +591,7 @@ INVALID = [
     ("check dtype='float16'", check_with(dtype="float16"), None),
     ("check dtype=int", check_with(dtype=int), None),
     ("check dtype='complex128'", check_with(dtype="complex128"), None),
-    ("check method='forward'", check_with(method="forward"), None),
+    ("check method='backward'", check_with(method="backward"), None),
     ("check method=None", check_with(method=None), None),
     ("check eps=0", check_with(eps=0.0), None),
     ("check eps=-1e-6", check_with(eps=-1e-6), None),
