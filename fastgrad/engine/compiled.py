@@ -48,8 +48,8 @@ def _record_jit_decorations() -> None:
     from numba.core import decorators
 
     make_decorator = getattr(decorators, "_jit", None)
-    if not numba.config.DISABLE_JIT or make_decorator is None \
-            or getattr(make_decorator, "records_for_fastgrad", False):
+    if not getattr(numba.config, "DISABLE_JIT", False) or make_decorator is None \
+            or make_decorator in _recording_factories:
         return
 
     def recording_jit(*args, **kwargs):
@@ -62,9 +62,12 @@ def _record_jit_decorations() -> None:
             return decorated
         return decorate_and_record
 
-    recording_jit.records_for_fastgrad = True
-    decorators._jit = recording_jit
+    _recording_factories.add(recording_jit)
+    setattr(decorators, "_jit", recording_jit)  # noqa: B010 -- a private name mypy cannot see
 
+
+#: The factories installed by :func:`_record_jit_decorations` (so that none is wrapped twice).
+_recording_factories: weakref.WeakSet = weakref.WeakSet()
 
 _record_jit_decorations()
 
