@@ -273,12 +273,12 @@ def test_two_wrong_coordinates_in_different_groups_are_both_named():
     n = sum(sizes.values())
     flat, a, c, grad = _sin_quad_problem(n, seed=9)
     offsets = np.cumsum([0, *sizes.values()])
-    theta = {k: flat[o:o + s] for (k, s), o in zip(sizes.items(), offsets, strict=True)}
+    theta = {k: flat[o:o + s] for (k, s), o in zip(sizes.items(), offsets[:-1], strict=True)}
     wrong_flat = grad.copy()
     bugs = [offsets[0] + 1_234, offsets[2] + 25_000]
     wrong_flat[bugs] += 0.05  # ~10x the sensitivity here
-    wrong = {k: wrong_flat[o:o + s] for (k, s), o in zip(sizes.items(), offsets, strict=True)}
-    right = {k: grad[o:o + s] for (k, s), o in zip(sizes.items(), offsets, strict=True)}
+    wrong = {k: wrong_flat[o:o + s] for (k, s), o in zip(sizes.items(), offsets[:-1], strict=True)}
+    right = {k: grad[o:o + s] for (k, s), o in zip(sizes.items(), offsets[:-1], strict=True)}
     assert fastgrad.check(_sin_quad, right, theta, args=(a, c), directions=2, seed=0).passed
     for seed in range(2):
         report = fastgrad.check(_sin_quad, wrong, theta, args=(a, c), directions=2, seed=seed)
