@@ -32,6 +32,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 #: fastgrad still runs on its compiled engine ("numba"), kernel and loss as Python.
 JIT_DISABLED = bool(numba.config.DISABLE_JIT)
 
+# Numba read the variable when it was imported (above). Programs that the tests start (the CLI,
+# the benchmark harness, a fresh venv) run with the JIT: coverage is measured in this process
+# only, and their sizes are set for compiled losses.
+os.environ.pop("NUMBA_DISABLE_JIT", None)
+
 #: For tests about Numba's compilation itself (typing errors, on-disk caching): nothing is
 #: compiled when the JIT is disabled.
 needs_jit = pytest.mark.skipif(JIT_DISABLED, reason="about Numba's compilation, and "
