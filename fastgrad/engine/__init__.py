@@ -266,8 +266,7 @@ class Engine:
         if isinstance(error, WorkerDied):
             raise LossError(f"a worker process died while evaluating the loss at coordinates "
                             f"{self.layout.label(int(coords[error.first]))} to "
-                            f"{self.layout.label(int(coords[error.last]))} (os._exit, a crash in "
-                            f"compiled code, or the out-of-memory killer: {error.cause}); the "
+                            f"{self.layout.label(int(coords[error.last]))} ({error.cause}); the "
                             "check stopped") from error
         if failure.row < 0:
             raise error  # not tied to an evaluation: fastgrad's own failure, as it was
