@@ -10,7 +10,9 @@ import concurrent.futures
 import ctypes
 import multiprocessing
 import os
+import signal
 import threading
+import time
 
 import numba
 import numpy as np
@@ -210,6 +212,24 @@ def test_a_dying_worker_is_named_and_nothing_hangs(kind, loss, how, problem):
                                                                        executor="serial"))
     finally:
         _close(pool)
+
+
+def test_fastgrads_pool_broken_between_checks_is_replaced(problem):
+    """A worker of fastgrad's pool killed while idle (the out-of-memory killer, say): the next
+    check gets a new pool, not the broken one."""
+    theta, args, _ = problem
+    reference = fg.numerical_gradient(quadratic, theta, args, executor="serial")
+    watched(fg.numerical_gradient, quadratic, theta, args, executor="processes", workers=2)
+    pool = processes_module.shared_pool(2)
+    victim = next(iter(pool._processes.values()))
+    os.kill(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT
+    while not pool._broken and time.monotonic() < deadline:  # concurrent.futures notices
+        time.sleep(0.01)
+    assert pool._broken
+    again = watched(fg.numerical_gradient, quadratic, theta, args, executor="processes", workers=2)
+    np.testing.assert_array_equal(again, reference)
+    assert processes_module.shared_pool(2) is not pool
 
 
 # --------------------------------------------------------------------- the same numbers
