@@ -8,6 +8,7 @@ oracle independent of the fallback), else through the fallback itself.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import os
 import re
@@ -228,6 +229,7 @@ def test_one_worker_keeps_the_blas_threads_measured_faster(baseline_threads, wit
     assert report.passed
     note = next(note for note in report.notes if note.startswith("BLAS on"))
     assert f"BLAS on {kept} thread" in note and "measured faster" in note, note
+    assert f"note: {note}" in str(report) and note in json.loads(json.dumps(report.to_dict()))["notes"]
     pairs = int(re.search(r"over (\d+) interleaved pairs", note).group(1))
     assert blas.PILOT_PAIRS <= pairs <= int(blas.MEASURE_SHARE * 2 * theta.size / 2)
     timed = seen[1:1 + 2 * pairs]  # after f(θ): one evaluation of each setting per pair
