@@ -128,10 +128,13 @@ def run_check(loss: Callable, grad, theta, options: validate.CheckOptions,
         evaluations = run.evaluations + (context.complex_run.evaluations
                                          if context.complex_run else 0)
         timings["batches"] = run.batch_seconds
-        return build_report(judged, prepared.layout, prepared.plan, coordinates, judged_noise,
-                            run, directional, prepared.coverage, method=prepared.method.name,
-                            seed=prepared.entropy, evaluations=evaluations,
-                            seconds=time.perf_counter() - started, timings=timings)
+        report = build_report(judged, prepared.layout, prepared.plan, coordinates, judged_noise,
+                              run, directional, prepared.coverage, method=prepared.method.name,
+                              seed=prepared.entropy, evaluations=evaluations,
+                              seconds=time.perf_counter() - started, timings=timings)
+        if run.blas is not None:  # what the BLAS timing chose (engine.with_blas_timed)
+            report.notes.append(run.blas.note())
+        return report
     finally:
         if bar is not None:
             bar.close()

@@ -7,16 +7,23 @@ oracle independent of the fallback), else through the fallback itself.
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
+import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
-import numpy as np  # noqa: F401  (loads numpy's OpenBLAS)
+import numpy as np  # loads numpy's OpenBLAS
 import pytest
+from test_executor_faults import watched
 
-from fastgrad.engine import blas
+import fastgrad as fg
+from fastgrad.engine import blas, executors, processes
 
 try:
     import threadpoolctl
@@ -175,3 +182,106 @@ def test_overlapping_limits_in_two_threads_restore_the_original(monkeypatch):
         worker.join(20)
     assert seen["after first left"] == {"a": 1, "b": 1}
     assert threads_of == {"a": 2, "b": 2}
+
+
+# ------------------------------------------------------------------ issue 13: who holds BLAS where
+def _blas_now():
+    """A function giving the most threads any loaded OpenBLAS may use now, read through
+    threadpoolctl when installed (independently of fastgrad's limiter), in microseconds."""
+    if threadpoolctl is None:
+        return lambda: max(get() for _, (get, _) in blas._loaded_openblas())
+    libraries = threadpoolctl.ThreadpoolController().select(internal_api="openblas").lib_controllers
+    return lambda: max(library.get_num_threads() for library in libraries)
+
+
+@pytest.fixture
+def baseline_threads():
+    """Every OpenBLAS on BASELINE threads during the test (what a machine's default would be)."""
+    before = observed()
+    if not before:
+        pytest.skip("no OpenBLAS loaded in this process")
+    set_all(BASELINE)
+    yield BASELINE
+    for threads in set(before.values()):
+        set_all(threads)
+
+
+def _costly_loss(seconds_with_threads: float, seconds_with_one: float, seen: list):
+    """Σθ², taking (sleeping) a time that depends on the BLAS threads it finds."""
+    threads_now = _blas_now()
+
+    def loss(theta):
+        threads = threads_now()
+        seen.append(threads)
+        time.sleep(seconds_with_threads if threads > 1 else seconds_with_one)
+        return float(np.sum(theta ** 2))
+    return loss
+
+
+@pytest.mark.parametrize("with_threads, with_one, kept", [(2e-3, 2e-4, 1), (2e-4, 2e-3, BASELINE)],
+                         ids=["threads-slower", "threads-faster"])
+def test_one_worker_keeps_the_blas_threads_measured_faster(baseline_threads, with_threads, with_one, kept):
+    """The decision follows the loss's measured cost, and every evaluation after the timing
+    runs with the setting kept; the report says so."""
+    seen: list[int] = []
+    theta = np.linspace(-1.0, 1.0, 300)  # 600 evaluations: a 2% budget of 6 pairs
+    report = fg.check(_costly_loss(with_threads, with_one, seen), 2 * theta, theta, executor="serial")
+    assert report.passed
+    note = next(note for note in report.notes if note.startswith("BLAS on"))
+    assert f"BLAS on {kept} thread" in note and "measured faster" in note, note
+    assert f"note: {note}" in str(report) and note in json.loads(json.dumps(report.to_dict()))["notes"]
+    pairs = int(re.search(r"over (\d+) interleaved pairs", note).group(1))
+    assert blas.PILOT_PAIRS <= pairs <= int(blas.MEASURE_SHARE * 2 * theta.size / 2)
+    timed = seen[1:1 + 2 * pairs]  # after f(θ): one evaluation of each setting per pair
+    assert sorted(set(timed)) == [1, BASELINE] and timed.count(1) == pairs
+    assert set(seen[1 + 2 * pairs:]) == {kept}
+    assert set(observed().values()) == {BASELINE}  # restored after the check
+
+
+def test_nothing_is_timed_when_blas_has_one_thread_or_the_check_is_short(baseline_threads):
+    seen: list[int] = []
+    theta = np.linspace(-1.0, 1.0, 300)
+    short = fg.check(_costly_loss(1e-4, 1e-5, seen), 2 * theta[:100], theta[:100], executor="serial")
+    set_all(1)
+    single = fg.check(_costly_loss(1e-4, 1e-5, seen), 2 * theta, theta, executor="serial")
+    assert not [note for note in short.notes + single.notes if note.startswith("BLAS")]
+    assert short.evaluations + single.evaluations == len(seen)  # no evaluation beyond the check's
+
+
+def _set_baseline_threads():
+    """A pool initializer: this worker's OpenBLAS on BASELINE threads."""
+    set_all(BASELINE)
+
+
+def _threads_in_worker() -> int:
+    return _blas_now()()
+
+
+WORKERS_THETA = np.linspace(-1.0, 1.0, 40)
+
+
+def _one_thread_or_raise(theta):
+    """Σθ²; raises if BLAS has more than one thread at a perturbed θ (f(θ) itself is
+    evaluated in the calling thread, before any worker runs)."""
+    threads = _blas_now()()
+    if threads != 1 and not np.array_equal(theta, WORKERS_THETA):
+        raise RuntimeError(f"BLAS had {threads} threads in a worker")
+    return float(np.sum(theta ** 2))
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_several_workers_hold_blas_to_one_thread_each(baseline_threads, kind, monkeypatch):
+    """Threads share this process's BLAS; each worker process (here a user's pool whose
+    workers start on BASELINE threads) limits its own."""
+    for small_batches_too in (executors.ThreadPool, processes.RemoteExecutor):
+        monkeypatch.setattr(small_batches_too, "start_seconds", 0.0)
+    theta = WORKERS_THETA.copy()
+    if kind == "threads":
+        gradient = watched(fg.numerical_gradient, _one_thread_or_raise, theta, executor="threads", workers=2)
+    else:
+        with concurrent.futures.ProcessPoolExecutor(
+                2, mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_set_baseline_threads) as pool:
+            assert watched(pool.submit(_threads_in_worker).result) == BASELINE  # the test can fail
+            gradient = watched(fg.numerical_gradient, _one_thread_or_raise, theta, executor=pool)
+    np.testing.assert_allclose(gradient, 2 * theta, rtol=1e-7)

@@ -11,6 +11,7 @@ import pickle
 import numba
 import numpy as np
 import pytest
+from test_executor_faults import watched as _in_time  # a hang fails the test, not the suite
 
 import fastgrad as fg
 from fastgrad.engine import default_executor, make_evaluator, processes_pay
@@ -26,8 +27,6 @@ from fastgrad.engine.processes import (
 )
 from fastgrad.models import mlp
 from fastgrad.parameters import ParameterLayout
-
-TIMEOUT = 120  # seconds: a hang fails the test instead of the suite
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,12 +51,6 @@ def problem():
 
 def _snapshot(*arrays):
     return [(a.dtype.str, a.shape, a.tobytes()) for a in arrays]
-
-
-def _in_time(function, *args, **kwargs):
-    """``function(*args, **kwargs)`` in a thread, failing the test if it takes TIMEOUT."""
-    with concurrent.futures.ThreadPoolExecutor(1) as waiter:
-        return waiter.submit(function, *args, **kwargs).result(timeout=TIMEOUT)
 
 
 def _mlp_batch(problem):

@@ -14,6 +14,7 @@ perturbations on its executor, counts evaluations, and turns a loss failure into
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ from .. import _validation as validate
 from ..errors import GradientCheckError, InputError, LossError, describe
 from ..parameters import ParameterLayout
 from .base import Evaluator, Workspace, WrongReturn, as_scalar
+from .blas import BlasTiming, limit_blas_threads, time_blas_threads
 from .compiled import CompiledEvaluator, available_cores, is_compiled
 from .executors import (
     CallingThread,
@@ -124,10 +126,25 @@ def processes_pay(serial_seconds: float, workers: int) -> bool:
 
 def with_default_executor(run: Engine, requested, workers: int | None, evaluations: int) -> Engine:
     """``run`` on :func:`default_executor` for ``evaluations`` more evaluations at the time
-    of its last one, when the user chose no executor (``requested`` None); else ``run``."""
+    of its last one, when the user chose no executor (``requested`` None); else ``run``.
+    Either way, on the calling thread, with BLAS's threads as :func:`with_blas_timed` finds."""
     if requested is not None:
-        return run
-    return run.on(default_executor(run.evaluator, workers, run.seconds_per_evaluation * evaluations))
+        return with_blas_timed(run, evaluations)
+    moved = run.on(default_executor(run.evaluator, workers, run.seconds_per_evaluation * evaluations))
+    return with_blas_timed(moved, evaluations)
+
+
+_NOWHERE = np.empty(0, dtype=np.int64)  # at_changed with no entry changed: f(θ)
+
+
+def with_blas_timed(run: Engine, evaluations: int) -> Engine:
+    """``run``, keeping for its ``evaluations`` more evaluations the BLAS threads that
+    :func:`~.blas.time_blas_threads` finds faster for this loss (timed at θ), when it runs
+    on the calling thread; several workers hold BLAS to one thread each."""
+    if isinstance(run.executor, CallingThread) and run.blas is None:
+        run.blas = time_blas_threads(
+            lambda: run.at_changed(_NOWHERE, np.empty(0), "while timing BLAS's threads"), evaluations)
+    return run
 
 
 def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
@@ -157,14 +174,18 @@ class Engine:
         self.batch_seconds = 0.0  # wall time inside batches (perturbed)
         self.seconds_per_evaluation = 1e-3  # refined by every call to at()
         self._single: Workspace | None = None  # for at_changed, made on first use
+        self.blas: BlasTiming | None = None  # BLAS's threads as timed (None: as found)
 
     @property
     def workers(self) -> int:
         return self.executor.workers
 
     def with_evaluator(self, evaluator: Evaluator) -> Engine:
-        """An engine over another evaluator (a complex θ) on the same executor and progress."""
-        return Engine(evaluator, self.layout, self.executor, self.progress)
+        """An engine over another evaluator (a complex θ) on the same executor, progress and
+        BLAS threads."""
+        other = Engine(evaluator, self.layout, self.executor, self.progress)
+        other.blas = self.blas
+        return other
 
     def on(self, executor: Executor) -> Engine:
         """This engine, its counts and its timings, on another executor."""
@@ -172,6 +193,13 @@ class Engine:
         moved.evaluations, moved.chunks = self.evaluations, self.chunks
         moved.batch_seconds, moved.seconds_per_evaluation = self.batch_seconds, self.seconds_per_evaluation
         return moved
+
+    def blas_held(self) -> contextlib.AbstractContextManager:
+        """BLAS on the threads the timing chose, while evaluating (nothing to do if none)."""
+        chosen = self.blas
+        if chosen is None or chosen.threads == chosen.found:
+            return contextlib.nullcontext()
+        return limit_blas_threads(chosen.threads)
 
     @property
     def name(self) -> str:
@@ -188,7 +216,8 @@ class Engine:
         """
         started = time.perf_counter()
         try:
-            value, given = self.evaluator.at(point, copy=not fresh)
+            with self.blas_held():
+                value, given = self.evaluator.at(point, copy=not fresh)
         except Exception as error:
             raise _call_error(error, where, self.layout) from error
         self._counted(started)
@@ -211,7 +240,8 @@ class Engine:
             self._single = self.evaluator.workspace()
         started = time.perf_counter()
         try:
-            value, intact = self.evaluator.at_changed(self._single, indices, values)
+            with self.blas_held():
+                value, intact = self.evaluator.at_changed(self._single, indices, values)
         except Exception as error:
             raise _call_error(error, where, self.layout) from error
         self._counted(started)
@@ -237,8 +267,9 @@ class Engine:
         size = chunk_size(rows, points, workers, self.seconds_per_evaluation)
         started = time.perf_counter()
         try:
-            batch = executor.run(self.evaluator, coords, values, rows_per_chunk=size,
-                                 progress=self.progress)
+            with self.blas_held():
+                batch = executor.run(self.evaluator, coords, values, rows_per_chunk=size,
+                                     progress=self.progress)
         except NumbaError as error:
             raise InputError(compile_failure(error, self.layout)) from error
         out, failure = batch.out, batch.failure
@@ -266,8 +297,7 @@ class Engine:
         if isinstance(error, WorkerDied):
             raise LossError(f"a worker process died while evaluating the loss at coordinates "
                             f"{self.layout.label(int(coords[error.first]))} to "
-                            f"{self.layout.label(int(coords[error.last]))} (os._exit, a crash in "
-                            f"compiled code, or the out-of-memory killer: {error.cause}); the "
+                            f"{self.layout.label(int(coords[error.last]))} ({error.cause}); the "
                             "check stopped") from error
         if failure.row < 0:
             raise error  # not tied to an evaluation: fastgrad's own failure, as it was
