@@ -14,6 +14,7 @@ perturbations on its executor, counts evaluations, and turns a loss failure into
 from __future__ import annotations
 
 import concurrent.futures as futures
+import math
 import time
 
 import numpy as np
@@ -70,9 +71,10 @@ def make_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
 def executor_for(requested, evaluator: Evaluator, workers: int | None) -> Executor:
     """The executor named by ``requested`` (validated): "serial", "threads" or "processes"
     on ``workers`` workers (default: every core), an Executor as is, a
-    ``concurrent.futures.Executor`` or a map-like callable wrapped; None: the default for
-    an unknown time (:func:`default_executor`).  One that runs in other processes pickles
-    the evaluator here: InputError before any evaluation if it cannot."""
+    ``concurrent.futures.Executor``, a ``distributed.Client`` or a map-like callable
+    wrapped; None: the default for an unknown time (:func:`default_executor`).  One that
+    runs in other processes pickles the evaluator here: InputError before any evaluation
+    if it cannot."""
     if requested is None:
         return default_executor(evaluator, workers, None)
     count = available_cores() if workers is None else workers
@@ -87,6 +89,9 @@ def executor_for(requested, evaluator: Evaluator, workers: int | None) -> Execut
         chosen = requested
     elif isinstance(requested, futures.Executor):
         chosen = FuturesExecutor(requested)
+    elif validate.is_dask_client(requested):
+        from .distributed import DaskExecutor  # imports dask: only when given a Client
+        chosen = DaskExecutor(requested)
     else:
         chosen = MapExecutor(requested)
     if isinstance(chosen, RemoteExecutor):
@@ -128,6 +133,12 @@ def with_default_executor(run: Engine, requested, workers: int | None, evaluatio
     if requested is not None:
         return run
     return run.on(default_executor(run.evaluator, workers, run.seconds_per_evaluation * evaluations))
+
+
+def rows_for(seconds: float, points: int, seconds_per_evaluation: float) -> int:
+    """Rows of ``points`` evaluations each that take at least ``seconds`` (an executor's
+    ``task_seconds``: a dask task's minimum work, see :mod:`.distributed`)."""
+    return max(1, math.ceil(seconds / max(points * seconds_per_evaluation, 1e-12)))
 
 
 def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
@@ -234,7 +245,8 @@ class Engine:
                 or min(executor.workers, rows) <= 1:
             executor = _CALLING_THREAD  # starting workers would cost more than they save
         workers = executor.workers
-        size = chunk_size(rows, points, workers, self.seconds_per_evaluation)
+        size = max(chunk_size(rows, points, workers, self.seconds_per_evaluation),
+                   rows_for(getattr(executor, "task_seconds", 0.0), points, self.seconds_per_evaluation))
         started = time.perf_counter()
         try:
             batch = executor.run(self.evaluator, coords, values, rows_per_chunk=size,
