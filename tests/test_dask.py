@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import fastgrad as fg  # noqa: E402
-from fastgrad.engine import make_engine, rows_for  # noqa: E402
-from fastgrad.engine.distributed import TASK_SECONDS, DaskExecutor  # noqa: E402
+from fastgrad.engine import distributed as distributed_module  # noqa: E402
+from fastgrad.engine import make_engine  # noqa: E402
+from fastgrad.engine.distributed import DaskExecutor  # noqa: E402
 from fastgrad.models import mlp  # noqa: E402
 from fastgrad.parameters import ParameterLayout  # noqa: E402
 
@@ -35,12 +37,12 @@ def client():
 
 @pytest.fixture(autouse=True)
 def _every_batch_in_tasks(monkeypatch, client):
-    """Both workers up (a test may have killed one); every batch on the cluster, in chunks
-    as small as for threads (DaskExecutor.task_seconds would make one task of these small
-    batches), so that there are several tasks to count, kill and cancel."""
+    """Both workers up (a test may have killed one); every batch on the cluster, one chunk
+    a task (TASK_SECONDS would join these small batches into a task or two), so that there
+    are several tasks to count, kill and cancel."""
     client.wait_for_workers(2, timeout=TIMEOUT)
     monkeypatch.setattr(DaskExecutor, "start_seconds", 0.0)
-    monkeypatch.setattr(DaskExecutor, "task_seconds", 0.0)
+    monkeypatch.setattr(distributed_module, "TASK_SECONDS", 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +135,26 @@ def test_the_model_is_sent_once_per_worker_and_a_task_carries_only_its_rows(clie
     assert len(pids) == len(set(pids)) <= 2  # once per worker process
 
 
-def test_tasks_hold_at_least_task_seconds_of_work(client, monkeypatch, problem):
-    """With the executor's own task_seconds, a batch of k rows of p points at s seconds each
-    is cut into ⌈k / ⌈task_seconds/(p·s)⌉⌉ tasks (threads would make 4 per worker, or more)."""
-    monkeypatch.setattr(DaskExecutor, "task_seconds", TASK_SECONDS)
-    _, theta, args, _ = problem
-    layout, flat = ParameterLayout.from_theta(theta)
-    run = make_engine(mlp.loss_numpy, flat, args, layout, executor=client)
-    run.seconds_per_evaluation = TASK_SECONDS / 10 / 2  # 10 rows of 2 points per task
-    assert rows_for(TASK_SECONDS, 2, run.seconds_per_evaluation) == 10
-    coords = np.arange(50, dtype=np.int64)
-    out = _in_time(run.perturbed, coords, flat[coords, None] + np.array([[1e-3, -1e-3]]))
-    assert run.chunks == 5 and np.isfinite(out).all()
+def test_chunks_are_joined_into_tasks_of_task_seconds_measured_in_the_workers(client, monkeypatch):
+    """A loss that sleeps 1 ms takes at least 2 ms a row (2 points): with TASK_SECONDS = 50 ms
+    a task holds at most 25 rows, and 1-row chunks are joined (fewer tasks than rows)."""
+    monkeypatch.setattr(distributed_module, "TASK_SECONDS", 0.05)
+
+    def loss(theta):
+        time.sleep(0.001)
+        return float(np.sum(np.sin(theta)))
+
+    layout, flat = ParameterLayout.from_theta(np.linspace(0.0, 1.0, 100))
+    evaluator = make_engine(loss, flat, (), layout, executor="serial").evaluator
+    coords = np.arange(flat.size, dtype=np.int64)
+    values = flat[:, None] + np.array([[1e-3, -1e-3]])
+    told = []
+    batch = _in_time(DaskExecutor(client).run, evaluator, coords, values, rows_per_chunk=1,
+                     progress=lambda c, e: told.append(c))
+    assert sum(told) == coords.size and max(told) <= 25 and len(told) < coords.size // 2
+    assert batch.chunks == len(told) and batch.failure is None
+    np.testing.assert_array_equal(batch.out, fg.engine.CallingThread().run(evaluator, coords, values,
+                                                                           rows_per_chunk=1).out)
 
 
 # ------------------------------------------------------------------- faults
@@ -216,9 +226,14 @@ def test_a_failure_on_a_worker_names_coordinate_and_step_as_serial(client, bad, 
 
 
 def test_ctrl_c_cancels_the_tasks_and_the_client_stays_usable(client, monkeypatch, problem):
-    _, theta, args, _ = problem
-    evaluator, coords, values = _mlp_batch(theta, args)
-    flat_before = _snapshot(evaluator.theta, *args)
+    """Tasks of 0.2 s (a sleeping loss): at the first one back, the others are running or
+    queued on the workers, and are cancelled; the next batch on the client runs."""
+    layout, flat = ParameterLayout.from_theta(np.ones(20))
+    slow = make_engine(lambda t: time.sleep(0.1) or float(np.sum(t)), flat, (), layout,
+                       executor="serial").evaluator
+    coords = np.arange(flat.size, dtype=np.int64)
+    values = flat[:, None] + np.array([[1e-3, -1e-3]])
+    before = _snapshot(flat)
     submitted = []
     submit = client.submit
 
@@ -231,10 +246,12 @@ def test_ctrl_c_cancels_the_tasks_and_the_client_stays_usable(client, monkeypatc
 
     monkeypatch.setattr(client, "submit", keeping_submit)
     with pytest.raises(KeyboardInterrupt):
-        _in_time(DaskExecutor(client).run, evaluator, coords, values, rows_per_chunk=1, progress=interrupt)
-    assert len(submitted) == coords.size
-    assert sum(future.status == "cancelled" for future in submitted) >= coords.size - 2
-    assert _snapshot(evaluator.theta, *args) == flat_before
+        _in_time(DaskExecutor(client).run, slow, coords, values, rows_per_chunk=1, progress=interrupt)
+    statuses = [future.status for future in submitted]
+    assert len(statuses) == 4 and statuses.count("cancelled") >= 2, statuses  # 2 per worker in flight
+    assert set(statuses) <= {"cancelled", "finished"} and _snapshot(flat) == before
+    _, theta, args, _ = problem
+    evaluator, coords, values = _mlp_batch(theta, args)
     batch = _in_time(DaskExecutor(client).run, evaluator, coords, values, rows_per_chunk=5)
     here = fg.engine.CallingThread().run(evaluator, coords, values, rows_per_chunk=5).out
     assert batch.failure is None

@@ -14,7 +14,6 @@ perturbations on its executor, counts evaluations, and turns a loss failure into
 from __future__ import annotations
 
 import concurrent.futures as futures
-import math
 import time
 
 import numpy as np
@@ -135,12 +134,6 @@ def with_default_executor(run: Engine, requested, workers: int | None, evaluatio
     return run.on(default_executor(run.evaluator, workers, run.seconds_per_evaluation * evaluations))
 
 
-def rows_for(seconds: float, points: int, seconds_per_evaluation: float) -> int:
-    """Rows of ``points`` evaluations each that take at least ``seconds`` (an executor's
-    ``task_seconds``: a dask task's minimum work, see :mod:`.distributed`)."""
-    return max(1, math.ceil(seconds / max(points * seconds_per_evaluation, 1e-12)))
-
-
 def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
                    engine: str = "auto") -> Evaluator:
     """How ``loss`` is evaluated: compiled chunk kernels for a Numba dispatcher (unless
@@ -245,8 +238,7 @@ class Engine:
                 or min(executor.workers, rows) <= 1:
             executor = _CALLING_THREAD  # starting workers would cost more than they save
         workers = executor.workers
-        size = max(chunk_size(rows, points, workers, self.seconds_per_evaluation),
-                   rows_for(getattr(executor, "task_seconds", 0.0), points, self.seconds_per_evaluation))
+        size = chunk_size(rows, points, workers, self.seconds_per_evaluation)
         started = time.perf_counter()
         try:
             batch = executor.run(self.evaluator, coords, values, rows_per_chunk=size,
