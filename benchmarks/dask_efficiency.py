@@ -1,6 +1,6 @@
 """A check's chunks on a dask LocalCluster: per-task overhead, bytes per task, parallel efficiency.
 
-    python benchmarks/dask_efficiency.py [--d 768] [--h 128] [--m 16] [--repeats 3]
+    python benchmarks/dask_efficiency.py [--d 768] [--h 128] [--m 16] [--repeats 3] [--processes]
 
 On a LocalCluster of 2 worker processes of 1 thread each (TCP on localhost) it prints
 
@@ -10,7 +10,7 @@ On a LocalCluster of 2 worker processes of 1 thread each (TCP on localhost) it p
   (median of ``--repeats``), for w = 0, 10 and 50 ms; and one task's round trip;
 * the **bytes per chunk task**: the pickled :class:`~fastgrad.engine.processes.ChunkTask` of
   8 rows that a task carries (its evaluator being the scattered copy), and the scattered
-  evaluator's bytes (sent once per worker per check);
+  evaluator's bytes (sent once per worker per check) and the time to scatter that many;
 * the **parallel efficiency** E = 2n·T_f / (P·T) of ``fg.numerical_gradient(mlp.loss_numpy,
   ..., executor=client)`` (2n evaluations) on the NumPy MLP of (d, h, c=10), n ≈ 10^5, with T
   its wall time on the warm cluster and T_f measured in this process just before and just
@@ -73,6 +73,18 @@ def round_trip(client: Client, repeats: int = 20) -> float:
     return statistics.median(found)
 
 
+def scatter_seconds(client: Client, size: int, repeats: int = 5) -> float:
+    """The median time to scatter ``size`` bytes to every worker (``broadcast=True``)."""
+    payload = os.urandom(size)
+    found = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        future = client.scatter(payload, broadcast=True, hash=False)
+        found.append(time.perf_counter() - started)
+        del future
+    return statistics.median(found)
+
+
 def seconds_per_call(loss, theta, args, calls: int = 200) -> float:
     """The median of ``calls`` single calls of ``loss(theta, *args)``, BLAS on one thread."""
     found = []
@@ -119,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--h", type=int, default=128)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--processes", action="store_true",
+                        help="also time the same gradient on fastgrad's own pool of 2 processes")
     options = parser.parse_args(argv)
     print(f"# dask LocalCluster, 2 worker processes x 1 thread, TCP on localhost; {platform.node()}, "
           f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, load {os.getloadavg()}")
@@ -137,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         theta, args = problem.theta, (problem.X, problem.Y)
         chunk, model = task_bytes(theta, args)
         print(f"\nbytes: {chunk} per task of 8 rows (the pickled ChunkTask); the evaluator, "
-              f"{model:,} bytes, scattered once per check (n = {problem.n:,})")
+              f"{model:,} bytes, scattered once per check (n = {problem.n:,}) in "
+              f"{scatter_seconds(client, model) * 1e3:.1f} ms (median of 5, broadcast to {workers})")
 
         small = mlp.problem(4, 6, 3, m=8)  # warm-up: the workers import fastgrad
         fg.numerical_gradient(mlp.loss_numpy, small.theta, (small.X, small.Y), executor=client)
@@ -155,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"T_f, {name}: {t_f * 1e6:.1f} µs (before {before[index] * 1e6:.1f}, after "
                   f"{after[index] * 1e6:.1f}); E = 2n·T_f/(P·T) = {efficiency:.3f}, P = {workers} "
                   f"(target >= {TARGET}: {'met' if efficiency >= TARGET else 'MISSED'})")
+        if options.processes:
+            started = time.perf_counter()
+            on_pool = fg.numerical_gradient(mlp.loss_numpy, theta, args, executor="processes", workers=2)
+            print(f"the same on executor='processes' (2 workers): T = {time.perf_counter() - started:.2f} s; "
+                  f"bit-identical to the cluster's: {bool(np.array_equal(on_pool, on_cluster))}")
     print(f"load after: {os.getloadavg()}")
     return 0
 
