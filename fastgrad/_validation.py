@@ -194,9 +194,9 @@ EXECUTORS = ("threads", "processes", "serial")
 
 def executor(value, workers) -> tuple[object, int | None]:
     """(executor, workers) as the engine takes them: ``value`` None (the default), one of
-    :data:`EXECUTORS`, a :class:`fastgrad.engine.Executor` or a ``concurrent.futures.Executor``;
-    ``workers`` None, a positive int, or a map-like callable (``workers=pool.map``, which
-    becomes the executor)."""
+    :data:`EXECUTORS`, a :class:`fastgrad.engine.Executor`, a ``concurrent.futures.Executor``
+    or a ``distributed.Client``; ``workers`` None, a positive int, or a map-like callable
+    (``workers=pool.map``, which becomes the executor)."""
     import concurrent.futures
 
     from .engine import Executor
@@ -210,12 +210,18 @@ def executor(value, workers) -> tuple[object, int | None]:
         if value == "serial" and count is not None and count > 1:
             raise InputError(f"executor='serial' runs on one worker, got workers={count}")
         return value, count
-    if isinstance(value, (Executor, concurrent.futures.Executor)):
+    if isinstance(value, (Executor, concurrent.futures.Executor)) or is_dask_client(value):
         if count is not None:
             raise InputError("workers= cannot be given with an executor object: its workers are its own")
         return value, None
-    raise InputError(f"executor must be None, one of {EXECUTORS}, a fastgrad Executor or a "
-                     f"concurrent.futures.Executor, got {value!r}")
+    raise InputError(f"executor must be None, one of {EXECUTORS}, a fastgrad Executor, a "
+                     f"concurrent.futures.Executor or a dask.distributed Client, got {value!r}")
+
+
+def is_dask_client(value) -> bool:
+    """Whether ``value`` is a ``distributed.Client``, told without importing dask."""
+    return type(value).__module__.partition(".")[0] == "distributed" and all(
+        callable(getattr(value, name, None)) for name in ("scatter", "submit", "nthreads"))
 
 
 def sample_indices(value, size: int) -> np.ndarray:

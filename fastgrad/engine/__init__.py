@@ -72,9 +72,10 @@ def make_engine(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
 def executor_for(requested, evaluator: Evaluator, workers: int | None) -> Executor:
     """The executor named by ``requested`` (validated): "serial", "threads" or "processes"
     on ``workers`` workers (default: every core), an Executor as is, a
-    ``concurrent.futures.Executor`` or a map-like callable wrapped; None: the default for
-    an unknown time (:func:`default_executor`).  One that runs in other processes pickles
-    the evaluator here: InputError before any evaluation if it cannot."""
+    ``concurrent.futures.Executor``, a ``distributed.Client`` or a map-like callable
+    wrapped; None: the default for an unknown time (:func:`default_executor`).  One that
+    runs in other processes pickles the evaluator here: InputError before any evaluation
+    if it cannot."""
     if requested is None:
         return default_executor(evaluator, workers, None)
     count = available_cores() if workers is None else workers
@@ -89,6 +90,9 @@ def executor_for(requested, evaluator: Evaluator, workers: int | None) -> Execut
         chosen = requested
     elif isinstance(requested, futures.Executor):
         chosen = FuturesExecutor(requested)
+    elif validate.is_dask_client(requested):
+        from .distributed import DaskExecutor  # imports dask: only when given a Client
+        chosen = DaskExecutor(requested)
     else:
         chosen = MapExecutor(requested)
     if isinstance(chosen, RemoteExecutor):
