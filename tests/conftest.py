@@ -42,6 +42,57 @@ os.environ.pop("NUMBA_DISABLE_JIT", None)
 needs_jit = pytest.mark.skipif(JIT_DISABLED, reason="about Numba's compilation, and "
                                "NUMBA_DISABLE_JIT=1 compiles nothing")
 
+#: Tests whose sizes are set for compiled losses (10^5 to 10^7 parameters, hundreds of checks of
+#: a network): without the JIT each takes from 10 s to over 100 s of interpreted loops, so the
+#: no-JIT pass leaves them to the JIT pass (the same code paths run there on smaller models).
+SIZED_FOR_THE_JIT = frozenset({
+    "test_concurrent_checks_leave_the_blas_thread_count_as_they_found_it",
+    "test_sampled_check_of_ten_million_parameters",
+    "test_sampled_check_of_a_large_theta_measures_noise_on_a_sparse_direction",
+    "test_example_model_file_passes", "test_example_model_file_with_a_bug_fails",
+    "test_interrupt_main_stops_a_multi_worker_compiled_check",
+    "test_correct_gradient_over_1e5_parameters_passes", "test_one_coordinate_off_by_1e_3_in_1e5_fails",
+    "test_float32_in_float64", "test_float32_factor_two_bug_fails", "test_float32_passes_in_float32",
+    "test_accuracy_on_a_smooth_mlp", "test_every_method_is_bitwise_the_same_on_1_and_2_workers",
+    "test_a_factor_two_on_w2_fails_and_the_correct_gradient_passes",
+    "test_evaluations_scale_with_the_method",
+    "test_correct_gradient_passes_on_every_seed", "test_correct_gradient_passes_on_every_padded_seed",
+    "test_planted_bugs_fail_on_every_seed", "test_kinks_are_found_and_marked",
+    "test_central4_on_the_relu_hinge_net_passes_and_the_bugs_fail", "test_hinge_gradient_is_right",
+    "test_the_same_verdict_and_failing_groups_as_central",
+    "test_float32_same_verdicts_and_no_screen_where_it_cannot_resolve",
+    "test_a_gradient_computed_by_forward_differences_fails",
+    "test_the_screen_does_the_work_on_the_mlp_and_the_relu_net",
+    "test_least_squares_summed_over_1e5_samples_passes",
+    "test_single_coordinate_relative_1e3_in_a_million_fails",
+    "test_localisation_names_the_coordinate_in_a_million",
+    "test_localisation_not_misled_by_a_small_reference_truncation", "test_stated_sensitivity_holds",
+    "test_two_wrong_coordinates_in_different_groups_are_both_named",
+})
+
+#: Tests of what only compiled code does: a float64 signature that refuses complex input, and
+#: a Numba loss in worker processes (which, without the JIT, receive a plain function).
+ABOUT_COMPILED_CODE = frozenset({
+    "test_complex_refuses_a_loss_that_cannot_take_complex_input[njit with a float64 signature-check]",
+    "test_complex_refuses_a_loss_that_cannot_take_complex_input"
+    "[njit with a float64 signature-numerical_gradient]",
+    "test_gradient_bit_identical_serial_threads_processes[numba]",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    """In the no-JIT pass, skip :data:`SIZED_FOR_THE_JIT` and :data:`ABOUT_COMPILED_CODE`."""
+    if not JIT_DISABLED:
+        return
+    sized = pytest.mark.skip(reason="sized for compiled losses: run by the JIT pass")
+    compiled = pytest.mark.skip(reason="about compiled code: NUMBA_DISABLE_JIT=1 compiles nothing")
+    for item in items:
+        if item.name in ABOUT_COMPILED_CODE:
+            item.add_marker(compiled)
+        elif getattr(item, "originalname", item.name) in SIZED_FOR_THE_JIT:
+            item.add_marker(sized)
+
+
 #: Small MLP sizes: n = d*h + h + h*c + c = 24 + 6 + 18 + 3 = 51 parameters.
 MLP_SIZES = dict(d=4, h=6, c=3, m=20)
 
