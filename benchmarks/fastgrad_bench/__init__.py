@@ -20,6 +20,7 @@ logistic       sampled check, k = 1000, 10^7-parameter logistic regression :mod:
 monitor        Monitor overhead in a training loop, every=100              :mod:`.training`
 startup        first check in a fresh process, cold and warm Numba cache   :mod:`.fresh`
 memory         peak memory against n, 1 and all workers                    :mod:`.fresh`
+executors      NumPy MLP serial/processes/dask, forward vs SciPy, per chunk :mod:`.executors`
 torch          vs torch.autograd.gradcheck (float64)                       :mod:`.peers`
 =============  ==========================================================  ================
 
@@ -42,6 +43,7 @@ from fastgrad.engine import available_cores
 
 from . import output as outputs
 from .common import FULL, QUICK, Line, Section, load_average, machine, wait_until_quiet
+from .executors import measure_executors
 from .fresh import measure_first_check, measure_memory
 from .large import measure_logistic
 from .peers import compare_naive, compare_scipy, compare_torch
@@ -67,6 +69,7 @@ def _plan(sizes, done: dict) -> list:
         ("monitor", "Monitor overhead", lambda: measure_monitor(sizes)),
         ("startup", "first check in fresh processes", lambda: measure_first_check(sizes)),
         ("memory", "peak memory against n", lambda: measure_memory(sizes, available_cores())),
+        ("executors", "executors", lambda: measure_executors(sizes)),
         ("torch", "torch gradcheck", lambda: compare_torch(sizes)),
     ]
 
