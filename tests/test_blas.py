@@ -8,6 +8,7 @@ oracle independent of the fallback), else through the fallback itself.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import numpy as np  # loads numpy's OpenBLAS
@@ -236,6 +238,27 @@ def test_one_worker_keeps_the_blas_threads_measured_faster(baseline_threads, wit
     assert sorted(set(timed)) == [1, BASELINE] and timed.count(1) == pairs
     assert set(seen[1 + 2 * pairs:]) == {kept}
     assert set(observed().values()) == {BASELINE}  # restored after the check
+
+
+def test_a_difference_the_budget_cannot_resolve_keeps_blas_own_threads(monkeypatch):
+    """A tie (differences ±50 µs around 0 on a 1 ms evaluation, on a fake clock) keeps the
+    threads BLAS had, the setting of the loss outside fastgrad; a clear one picks the faster."""
+    monkeypatch.setattr(blas, "blas_threads", lambda: BASELINE)
+    monkeypatch.setattr(blas, "limit_blas_threads", lambda limit: contextlib.nullcontext())
+
+    def timing(differences):
+        clock, steps = [0.0], iter([1e-3 + d / 2 * sign for d in differences for sign in (1, -1)])
+        monkeypatch.setattr(blas, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+        def evaluate():
+            clock[0] += next(steps)
+        return blas.time_blas_threads(evaluate, 600)  # a budget of 6 pairs
+
+    # pair k measures (threads, one) when k is even, (one, threads) when odd
+    tie = timing([5e-5, -5e-5, -5e-5, 5e-5, 5e-5, -5e-5])
+    assert (tie.threads, tie.decided, tie.pairs) == (BASELINE, False, 5)
+    slower = timing([5e-4, -5e-4] * 3)  # the threads' evaluation 0.5 ms slower, every pair
+    assert (slower.threads, slower.decided) == (1, True)
 
 
 def test_nothing_is_timed_when_blas_has_one_thread_or_the_check_is_short(baseline_threads):
