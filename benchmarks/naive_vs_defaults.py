@@ -13,8 +13,7 @@ import statistics
 import sys
 import time
 
-from fastgrad_bench.executors import _flat_grad
-from fastgrad_bench.peers import naive_gradient
+from fastgrad_bench.peers import _flat_grad, naive_gradient
 
 import fastgrad as fg
 from fastgrad.models import mlp

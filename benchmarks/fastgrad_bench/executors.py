@@ -15,15 +15,14 @@ costs besides its evaluations (transfers, scheduling, dispatch, the model's firs
 
 from __future__ import annotations
 
-import statistics
-import time
-
 from fastgrad.api import check
 from fastgrad.engine import available_cores
 from fastgrad.engine.blas import limit_blas_threads
 from fastgrad.models import mlp
 
 from .common import Line, Section, Sizes, fmt_seconds, fmt_speedup, judged, timed
+from .peers import _flat_grad
+from .scaling import loss_seconds
 
 TARGET_PROCESS_SPEEDUP, TARGET_PROCESS_EFFICIENCY = 1.7, 0.85  # processes vs serial, n ≈ 10^4
 TARGET_FORWARD_VS_SCIPY = 1.7  # method="forward" on processes vs scipy.optimize.check_grad
@@ -32,24 +31,9 @@ TARGET_THREADS_EFFICIENCY = 0.85  # a compiled loss on threads, n ≈ 10^4
 
 
 def numpy_loss_seconds(problem, calls: int) -> float:
-    """T_f: the median of ``calls`` single calls of ``mlp.loss_numpy``, BLAS on one thread."""
-    theta, X, Y = problem.theta, problem.X, problem.Y
+    """T_f of ``mlp.loss_numpy`` (see :func:`.scaling.loss_seconds`), BLAS on one thread."""
     with limit_blas_threads(1):
-        mlp.loss_numpy(theta, X, Y)
-        times = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            mlp.loss_numpy(theta, X, Y)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def _flat_grad(problem):
-    d, h, c = problem.d, problem.h, problem.c
-
-    def flat(theta, X, Y):
-        return mlp.flatten(mlp.grad(mlp.unflatten(theta, d, h, c), X, Y))
-    return flat
+        return loss_seconds(problem, calls, mlp.loss_numpy)
 
 
 def run_on(problem, loss, t_f: float, **options) -> dict:
@@ -134,7 +118,7 @@ def _forward_vs_scipy(problem, workers: int, figures: dict) -> Line:
 
 def _threads_compiled(problem, workers: int, figures: dict) -> Line:
     """The compiled MLP (``mlp.loss``) on threads: efficiency and cost per chunk."""
-    from .scaling import kernel_seconds, loss_seconds, warm_up
+    from .scaling import kernel_seconds, warm_up
 
     warm_up(problem.m)
     t_f = loss_seconds(problem, 200)
