@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
+import time
 
 import numba
 import numpy as np
@@ -245,6 +246,42 @@ def test_the_default_chooses_processes_for_a_slow_python_loss_only(monkeypatch, 
     assert default_executor(unpicklable, None, slow).name == "serial"
     monkeypatch.setattr(fg.engine, "workers_skip_main", lambda: False)  # python script.py
     assert default_executor(python, None, slow).name == "serial"
+
+
+def test_a_slow_first_call_alone_does_not_choose_processes(monkeypatch):
+    """The first call of a loss is slow (imports, cold caches); the next ones are fast: the
+    default stays on the calling thread, after CONFIRMING_CALLS more calls at θ."""
+    monkeypatch.setattr(fg.engine, "available_cores", lambda: 2)
+    monkeypatch.setattr(fg.engine, "workers_skip_main", lambda: True)
+    calls = []
+
+    def loss(theta):
+        if not calls:
+            time.sleep(0.05)  # 0.05 s × 2n = 100 s of estimated serial work
+        calls.append(1)
+        return float(np.sum(theta ** 2))
+
+    theta = np.ones(1000)
+    report = fg.check(loss, 2.0 * theta, theta)
+    assert report.executor == "serial" and report.passed
+    assert len(calls) == report.evaluations  # the confirming calls are counted
+
+
+def test_chunks_shrink_at_the_end_of_a_batch_and_cover_it_once():
+    from fastgrad.engine.executors import chunk_starts
+
+    for rows, size, workers, smallest in [(9610, 535, 2, 81), (10, 3, 2, 1), (7, 7, 4, 1),
+                                          (100_000, 1, 8, 1), (1000, 40, 3, 40), (1000, 40, 3, None)]:
+        bounds = chunk_starts(rows, size, workers, smallest)
+        sizes = np.diff(bounds)
+        assert bounds[0] == 0 and bounds[-1] == rows and (sizes > 0).all() and (sizes <= size).all()
+        floor = size if smallest is None else smallest
+        assert (sizes[:-1] >= min(floor, size)).all()
+        if floor >= size:
+            assert (sizes[:-1] == size).all()
+    tail = np.diff(chunk_starts(9610, 535, 2, 81))
+    assert tail[0] == 535 and tail[-2] == 81 and tail[-1] <= 81
+    assert list(tail[tail < 535][:-1]) == sorted(tail[tail < 535][:-1], reverse=True)
 
 
 def test_workers_skip_main_tells_a_script_from_a_package(monkeypatch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import math
 import time
 
 import numpy as np
@@ -27,6 +28,7 @@ from .base import Evaluator, Workspace, WrongReturn, as_scalar
 from .blas import BlasTiming, limit_blas_threads, time_blas_threads
 from .compiled import CompiledEvaluator, available_cores, is_compiled
 from .executors import (
+    SMALLEST_CHUNK_OVERHEADS,
     CallingThread,
     Executor,
     InputModified,
@@ -134,8 +136,27 @@ def with_default_executor(run: Engine, requested, workers: int | None, evaluatio
     Either way, on the calling thread, with BLAS's threads as :func:`with_blas_timed` finds."""
     if requested is not None:
         return with_blas_timed(run, evaluations)
-    moved = run.on(default_executor(run.evaluator, workers, run.seconds_per_evaluation * evaluations))
+    moved = run.on(default_executor(run.evaluator, workers, serial_seconds(run, evaluations)))
     return with_blas_timed(moved, evaluations)
+
+
+#: Calls of the loss at θ that confirm a first call's time before processes are chosen on it.
+CONFIRMING_CALLS = 2
+
+
+def serial_seconds(run: Engine, evaluations: int) -> float:
+    """The time of ``evaluations`` more evaluations on the calling thread: the last one's
+    time, times ``evaluations``.  When that would pay for processes, the fastest of it and
+    CONFIRMING_CALLS more calls at θ: a first call (cold caches, imports) or a busy moment
+    of the machine overstates a loss's time, and the choice should not follow it."""
+    seconds = run.seconds_per_evaluation
+    if isinstance(run.evaluator, CompiledEvaluator) or not processes_pay(seconds * evaluations,
+                                                                          available_cores()):
+        return seconds * evaluations
+    for _ in range(CONFIRMING_CALLS):
+        run.at_changed(_NOWHERE, np.empty(0), "while timing the loss")
+        seconds = min(seconds, run.seconds_per_evaluation)
+    return seconds * evaluations
 
 
 _NOWHERE = np.empty(0, dtype=np.int64)  # at_changed with no entry changed: f(θ)
@@ -269,11 +290,13 @@ class Engine:
             executor = _CALLING_THREAD  # starting workers would cost more than they save
         workers = executor.workers
         size = chunk_size(rows, points, workers, self.seconds_per_evaluation)
+        smallest = math.ceil(SMALLEST_CHUNK_OVERHEADS * executor.chunk_seconds
+                             / max(points * self.seconds_per_evaluation, 1e-9))
         started = time.perf_counter()
         try:
             with self.blas_held():
                 batch = executor.run(self.evaluator, coords, values, rows_per_chunk=size,
-                                     progress=self.progress)
+                                     progress=self.progress, smallest=smallest)
         except NumbaError as error:
             raise InputError(compile_failure(error, self.layout)) from error
         out, failure = batch.out, batch.failure

@@ -94,18 +94,20 @@ class DaskExecutor(RemoteExecutor):
     #: A batch of serial time S takes S/P + C on P workers (C a round trip): it pays when
     #: S > C·P/(P − 1), at most 2C.
     start_seconds = 2 * ROUND_TRIP_SECONDS
+    chunk_seconds = TASK_OVERHEAD_SECONDS
 
     def __init__(self, client: Client):
         self.client = client
         super().__init__(sum(client.nthreads().values()))
         self._scattered: dict[str, Future] = {}  # parcel token -> the evaluator on the workers
 
-    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None):
+    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None, smallest=None):
         found = parcel(evaluator, to_file=False)
         if found.token not in self._scattered:
             self._scattered[found.token] = self.client.scatter(found.source, broadcast=True, hash=False)
             weakref.finalize(evaluator, self._scattered.pop, found.token, None)  # released with it
-        return super().run(evaluator, coords, values, rows_per_chunk=rows_per_chunk, progress=progress)
+        return super().run(evaluator, coords, values, rows_per_chunk=rows_per_chunk, progress=progress,
+                           smallest=smallest)
 
     def dispatch(self, tasks, starts, gathered) -> None:
         model = self._scattered[tasks[0].token]

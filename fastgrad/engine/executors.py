@@ -31,6 +31,8 @@ from .blas import limit_blas_threads
 #: A chunk should take about this long: short enough for progress and Ctrl-C,
 #: long enough that dispatching it (~10 µs) is noise.
 CHUNK_SECONDS = 0.05
+#: The smallest chunk holds this many times its executor's cost per chunk in work (5 %).
+SMALLEST_CHUNK_OVERHEADS = 20
 
 Progress = Callable[[int, int], None]
 
@@ -78,6 +80,28 @@ def chunk_size(rows: int, points: int, workers: int, seconds_per_evaluation: flo
     return max(1, min(by_time, by_balance))
 
 
+def chunk_starts(rows: int, rows_per_chunk: int, workers: int, smallest: int | None = None) -> np.ndarray:
+    """The first row of each chunk of a batch of ``rows`` rows, then ``rows``.
+
+    Chunks of ``rows_per_chunk`` rows; with ``smallest`` below it, the last ones shrink
+    (guided self-scheduling, Polychronopoulos & Kuck 1987): once fewer than 2·workers full
+    chunks are left, a chunk takes ⌈left / (2·workers)⌉ rows, and never fewer than
+    ``smallest``.  Workers that take the next chunk as they finish end within one chunk of
+    each other: one smallest chunk instead of one full one, for about
+    2·workers·ln(rows_per_chunk / smallest) more chunks.
+    """
+    smallest = rows_per_chunk if smallest is None else max(1, min(smallest, rows_per_chunk))
+    if smallest == rows_per_chunk or workers <= 1:
+        return np.append(np.arange(0, rows, rows_per_chunk), rows)
+    full = max(0, rows - 2 * workers * rows_per_chunk) // rows_per_chunk
+    tail, start = [], full * rows_per_chunk
+    while start < rows:
+        tail.append(start)
+        start += min(rows_per_chunk, max(smallest, -(-(rows - start) // (2 * workers))))
+    head = np.arange(0, full * rows_per_chunk, rows_per_chunk)
+    return np.concatenate([head, tail, [rows]]).astype(np.int64)
+
+
 class Executor(ABC):
     """Runs the chunks of a batch on ``workers`` workers."""
 
@@ -86,26 +110,31 @@ class Executor(ABC):
     #: Seconds it costs to hand a batch to the workers and get it back: a batch expected
     #: to take less runs in the calling thread instead.
     start_seconds: float = 0.0
+    #: What a chunk costs beyond its evaluations (seconds of a worker): the smallest chunk
+    #: holds SMALLEST_CHUNK_OVERHEADS times as much work (see :func:`chunk_starts`).
+    chunk_seconds: float = 0.0
 
     def __init__(self, workers: int):
         self.workers = workers
 
     @abstractmethod
     def run(self, evaluator: Evaluator, coords: np.ndarray, values: np.ndarray, *,
-            rows_per_chunk: int, progress: Progress | None = None) -> BatchResult:
-        """Evaluate every row of the batch (see the module docstring)."""
+            rows_per_chunk: int, progress: Progress | None = None,
+            smallest: int | None = None) -> BatchResult:
+        """Evaluate every row of the batch (see the module docstring), in chunks of
+        ``rows_per_chunk`` rows, the last shrinking to ``smallest`` (:func:`chunk_starts`)."""
 
 
 class _Batch:
     """One batch's shared state: the chunks still to take, the stop flag, the failures."""
 
     def __init__(self, evaluator: Evaluator, coords: np.ndarray, values: np.ndarray,
-                 rows_per_chunk: int, progress: Progress | None, workers: int):
+                 rows_per_chunk: int, progress: Progress | None, workers: int,
+                 smallest: int | None = None):
         self.evaluator, self.coords, self.values = evaluator, coords, values
         self.progress, self.workers = progress, workers
         self.out = np.full(values.shape, np.nan, dtype=np.result_type(values.dtype, np.float64))
-        self.starts = range(0, coords.shape[0], rows_per_chunk)
-        self.rows_per_chunk = rows_per_chunk
+        self.bounds = chunk_starts(coords.shape[0], rows_per_chunk, workers, smallest)
         self.next_chunk = itertools.count()
         self.taken = 0
         self.stop = threading.Event()
@@ -133,10 +162,9 @@ class _Batch:
         workspace = evaluator.workspace()
         while not self.stop.is_set():
             index = next(self.next_chunk)
-            if index >= len(self.starts):
+            if index >= len(self.bounds) - 1:
                 break
-            start = self.starts[index]
-            end = min(start + self.rows_per_chunk, self.coords.shape[0])
+            start, end = int(self.bounds[index]), int(self.bounds[index + 1])
             with self.lock:
                 self.taken += 1
             failure: ChunkFailure | None
@@ -191,7 +219,8 @@ class CallingThread(Executor):
     def __init__(self, workers: int = 1):
         super().__init__(1)
 
-    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None) -> BatchResult:
+    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None,
+            smallest=None) -> BatchResult:
         batch = _Batch(evaluator, coords, values, rows_per_chunk, progress, 1)
         batch.work()
         return batch.result()
@@ -205,10 +234,12 @@ class ThreadPool(Executor):
 
     name = "threads"
     start_seconds = 0.01  # starting the threads and limiting BLAS: about a millisecond
+    chunk_seconds = 1e-5  # taking a chunk from the counter and calling the kernel
 
-    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None) -> BatchResult:
-        batch = _Batch(evaluator, coords, values, rows_per_chunk, progress, self.workers)
-        count = min(self.workers, len(batch.starts))
+    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None,
+            smallest=None) -> BatchResult:
+        batch = _Batch(evaluator, coords, values, rows_per_chunk, progress, self.workers, smallest)
+        count = min(self.workers, len(batch.bounds) - 1)
         threads = [threading.Thread(target=batch.work, name=f"fastgrad-{k}", daemon=True)
                    for k in range(count)]
         with limit_blas_threads(1):

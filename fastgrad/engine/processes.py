@@ -44,6 +44,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 import weakref
@@ -64,6 +65,7 @@ from .executors import (
     InputModified,
     Progress,
     ProgressFailed,
+    chunk_starts,
     first_non_finite,
 )
 
@@ -75,9 +77,14 @@ CACHED_EVALUATORS = 2
 #: of µs.  A batch of serial time S takes S/P + C on P workers: worth it when S > C·P/(P−1),
 #: at most 2C (RemoteExecutor.start_seconds).
 BATCH_SECONDS = 0.0025
+#: What a chunk costs a worker beyond its evaluations: 125 to 310 µs of wall time per chunk
+#: of one row of a 1 µs loss on 2 processes (see IN_FLIGHT_PER_WORKER).
+CHUNK_OVERHEAD_SECONDS = 3e-4
 #: Starting the pool (a forkserver that imports numpy, numba and fastgrad, then 2 workers)
 #: and its first task: 0.29 to 0.31 s, measured as above; paid once per process.
 POOL_START_SECONDS = 0.3
+#: Seconds to wait for a dead worker's exit status to be told, before naming it unknown.
+DEATH_REPORT_SECONDS = 2.0
 #: Seconds to wait for a chunk before looking again (Ctrl-C is seen within this).
 POLL_SECONDS = 0.1
 #: Chunks in flight per worker: one running and one queued behind it, so that no worker
@@ -119,6 +126,17 @@ def exit_status(processes: Iterable) -> str:
         told.append(f"process {process.pid} was killed by signal {name}"
                     + (f" ({meaning.lower()})" if meaning else ""))
     return "; ".join(told)
+
+
+def exit_status_after(processes: Iterable, seconds: float) -> str:
+    """:func:`exit_status` of ``processes``, waiting up to ``seconds`` for one to be told:
+    a forkserver child's exit status reaches this process through the server, which may
+    not have sent it yet when the pool reports the death (a busy machine)."""
+    processes = list(processes)
+    deadline = time.monotonic() + seconds
+    while not (told := exit_status(processes)) and processes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return told
 
 
 class RemoteTraceback(Exception):
@@ -313,12 +331,15 @@ class RemoteExecutor(Executor):
     """Runs the chunks of a batch as :class:`ChunkTask` messages through :func:`run_chunk`."""
 
     start_seconds = 2 * BATCH_SECONDS  # see BATCH_SECONDS
+    chunk_seconds = CHUNK_OVERHEAD_SECONDS
 
-    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None) -> BatchResult:
+    def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None,
+            smallest=None) -> BatchResult:
         source = parcel(evaluator, self.same_machine)
-        starts = range(0, coords.shape[0], rows_per_chunk)
-        tasks = [ChunkTask(source.token, source.source, coords[start:start + rows_per_chunk],
-                           values[start:start + rows_per_chunk]) for start in starts]
+        bounds = chunk_starts(coords.shape[0], rows_per_chunk, self.workers, smallest).tolist()
+        starts = bounds[:-1]
+        tasks = [ChunkTask(source.token, source.source, coords[start:end], values[start:end])
+                 for start, end in itertools.pairwise(bounds)]
         gathered = _Gathered(values, progress)
         try:
             self.dispatch(tasks, starts, gathered)
@@ -333,7 +354,7 @@ class RemoteExecutor(Executor):
     #: Whether the workers read this machine's files (then the evaluator goes by file).
     same_machine = True
 
-    def dispatch(self, tasks: list[ChunkTask], starts: range, gathered: _Gathered) -> None:
+    def dispatch(self, tasks: list[ChunkTask], starts: list[int], gathered: _Gathered) -> None:
         """Run ``tasks`` (the chunks at ``starts``), handing each result to ``gathered``."""
         raise NotImplementedError
 
@@ -342,7 +363,7 @@ class RemoteExecutor(Executor):
         cause is the dead process's exit status when known, else ``error``."""
         missing = np.flatnonzero(np.isnan(gathered.out).all(axis=1))
         first, last = (int(missing[0]), int(missing[-1])) if missing.size else (0, 0)
-        how = exit_status(self.processes()) or (
+        how = exit_status_after(self.processes(), DEATH_REPORT_SECONDS) or (
             f"{type(error).__name__}: {describe(error)}: os._exit, a crash in compiled code, "
             "the out-of-memory killer?")
         return WorkerDied(first, last, f"{how}; {self.after_death}")
