@@ -15,6 +15,7 @@ import numpy as np
 
 from . import analysis
 from .analysis import CORRECT_BELOW, WRONG_ABOVE, relative_error, seed_band
+from .causes import Cause, likely_causes
 from .directions import DirectionResult
 from .parameters import ParameterLayout, format_label
 from .sampling import FLOOR, Coverage, GroupCoverage
@@ -79,6 +80,7 @@ class CheckedCoordinates:
     kink: np.ndarray  # bool
     unresolved: np.ndarray  # bool
     analytic_flat: np.ndarray  # every coordinate (the report's own copy)
+    theta: np.ndarray  # θ at coords (float64), for the causes' fits
 
     def marks(self) -> np.ndarray:
         """Per row: "kink", "unresolved" or ""."""
@@ -145,6 +147,17 @@ class Report:
         return worst_coordinates(d.layout, d.coords, d.numerical, d.analytic, d.error, d.score,
                                  d.marks())
 
+    @cached_property
+    def causes(self) -> list[Cause]:
+        """Likely causes of a failure, each fitted to every checked entry of its group.
+
+        See :mod:`fastgrad.causes`; [] unless the verdict is "fail".
+        """
+        d = self.details
+        if self.verdict != "fail":
+            return []
+        return likely_causes(d.layout, d.coords, d.numerical, d.analytic, d.theta, d.error, d.score)
+
     @property
     def worst_label(self) -> str | None:
         """The label of the highest-scoring checked coordinate (None if none was checked)."""
@@ -185,6 +198,7 @@ class Report:
             "band": self.band,
             "groups": [g.to_dict() for g in self.groups],
             "worst": [c.to_dict() for c in self.worst],
+            "causes": [c.to_dict() for c in self.causes],
             "notes": list(self.notes),
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "directions": [d.to_dict() for d in self.directions],
@@ -240,6 +254,7 @@ def format_report(report: Report, *, command_line: bool = False) -> str:
         f"relative error  {report.relative_error:.3e}  ({report.band}: <= {CORRECT_BELOW:g} "
         f"correct, > {WRONG_ABOVE:g} wrong)",
         _checked_line(report),
+        *(f"likely cause    {cause.sentence}" for cause in report.causes),
         _method_line(report),
     ]
     if (report.coverage is not None or report.directions) and report.seed is not None:
@@ -485,7 +500,8 @@ def build_report(judged: Verdict, layout: ParameterLayout, plan, coordinates, no
         multiplier=analysis.noise_multiplier(len(plan)),
         details=CheckedCoordinates(layout, judged.coords, judged.numerical, judged.analytic,
                                    judged.error, judged.score, judged.kink, judged.unresolved,
-                                   judged.analytic_flat),
+                                   judged.analytic_flat,
+                                   run.evaluator.theta[judged.coords].astype(np.float64)),
         notes=list(judged.notes), seed=seed, coverage=coverage,
         directions=[] if directional is None else directional.results,
         sensitivity=None if directional is None else directional.sensitivity,
