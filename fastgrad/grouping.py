@@ -2,16 +2,27 @@
 
 Columns of a Jacobian that share no row can be perturbed together: F(x + Σ_{c∈g} s_c e_c)
 − F(x − Σ_{c∈g} s_c e_c) holds, in each row i, the difference of the one column of g that
-row i depends on (Curtis, Powell & Reid, 1974).  A tridiagonal Jacobian needs 3 groups, a
-5-point Laplacian 5, whatever n.  The greedy grouping is SciPy's
-(``scipy.optimize._numdiff.group_columns``): take the first ungrouped column, then every
-later ungrouped column whose rows miss the group's union of rows, until none is left; here
-in the columns' natural order (SciPy's default is a random one), which for banded
-patterns gives the band width.
+row i depends on (Curtis, Powell & Reid, 1974).  Grouping is colouring the column
+intersection graph (columns adjacent when they share a row); a tridiagonal Jacobian needs
+3 groups, a 5-point Laplacian 5, whatever n.  Two greedy colourings are made and the one
+with fewer groups kept:
+
+* SciPy's (``scipy.optimize._numdiff.group_columns``): take the first ungrouped column, then
+  every later ungrouped column whose rows miss the group's union of rows; here in the
+  columns' natural order (SciPy's default is a random one), which gives a band matrix's
+  width (3 for tridiagonal; SciPy's random order gives 5 at n = 1000);
+* DSATUR (Brélaz, 1979): colour next the column whose neighbours already hold the most
+  distinct groups (ties: the most rows' worth of neighbours, then the lowest index), with
+  the lowest group free.  On the 5-point Laplacian it finds the optimal 5, where the
+  natural order gives 7 and SciPy's random order 10 (100 × 100 grid).
+
+Each costs Σ_rows (entries in the row)², the work of visiting every pair of columns that
+share a row.
 """
 
 from __future__ import annotations
 
+import heapq
 import sys
 from dataclasses import dataclass
 
@@ -81,9 +92,27 @@ def pattern_of(value, columns: int, what: str, permutation: np.ndarray | None = 
     return Pattern.from_entries((int(shape[0]), int(shape[1])), rows, cols)
 
 
+#: DSATUR keeps, per column, which groups its neighbours hold: n × (largest degree + 1) flags,
+#: made only up to this many (else SciPy's greedy alone).
+DSATUR_FLAGS = 2**26
+
+
 def group_columns(pattern: Pattern) -> np.ndarray:
-    """Each column's group (0, 1, ...): columns of a group share no row (greedy, natural order)."""
-    return _greedy_groups(pattern.shape[0], pattern.shape[1], pattern.indptr, pattern.rows)
+    """Each column's group (0, 1, ...): columns of a group share no row; the fewer groups of
+    the natural-order greedy and DSATUR (see the module docstring)."""
+    m, n = pattern.shape
+    greedy = _greedy_groups(m, n, pattern.indptr, pattern.rows)
+    by_row = np.argsort(pattern.rows, kind="stable")
+    row_ptr = np.concatenate([[0], np.cumsum(np.bincount(pattern.rows, minlength=m))]).astype(np.int64)
+    row_cols = pattern.cols[by_row]
+    row_sizes = np.diff(row_ptr)
+    reach = np.zeros(n, dtype=np.int64)  # Σ over a column's rows of their sizes: ≥ its degree + 1
+    np.add.at(reach, pattern.cols, row_sizes[pattern.rows])
+    width = int(min(reach.max(initial=1), n)) + 1
+    if n * width > DSATUR_FLAGS:
+        return greedy
+    saturated = _dsatur(n, pattern.indptr, pattern.rows, row_ptr, row_cols, reach, width)
+    return saturated if saturated.max(initial=-1) < greedy.max(initial=-1) else greedy
 
 
 @numba.njit(cache=True)
@@ -110,4 +139,30 @@ def _greedy_groups(m, n, indptr, rows):
                     union[rows[k]] = True
                 groups[j] = current
         current += 1
+    return groups
+
+
+@numba.njit(cache=True)
+def _dsatur(n, indptr, rows, row_ptr, row_cols, reach, width):
+    groups = np.full(n, -1, dtype=np.int64)
+    held = np.zeros((n, width), dtype=np.bool_)  # held[c, g]: a neighbour of c is in group g
+    saturation = np.zeros(n, dtype=np.int64)
+    heap = [(0, -reach[c], c) for c in range(n)]  # (−saturation, −reach, column), lazily updated
+    heapq.heapify(heap)
+    while heap:
+        negative, _, c = heapq.heappop(heap)
+        if groups[c] >= 0 or -negative != saturation[c]:
+            continue  # coloured already, or a stale entry
+        group = 0
+        while held[c, group]:
+            group += 1
+        groups[c] = group
+        for k in range(indptr[c], indptr[c + 1]):
+            r = rows[k]
+            for q in range(row_ptr[r], row_ptr[r + 1]):
+                other = row_cols[q]
+                if groups[other] < 0 and not held[other, group]:
+                    held[other, group] = True
+                    saturation[other] += 1
+                    heapq.heappush(heap, (-saturation[other], -reach[other], other))
     return groups

@@ -316,6 +316,7 @@ class _Judged:
 
     residual: np.ndarray
     allowed: np.ndarray
+    predicted: np.ndarray  # P, the given matrix's prediction of each difference
 
     @property
     def disagrees(self) -> np.ndarray:
@@ -417,7 +418,7 @@ def _setup(kind, fun, jac, x, args, kwargs, sparsity, order, seed, directions, e
     elif given.kind == "sparse":
         pattern, source = pattern_of(given.matrix, layout.size, "jac"), "jac"
     if directions is None:
-        directions = 2 if source == "jac" else 0
+        directions = 0 if pattern is None else 2
     require_representable_steps(flat, CENTRAL.default_step(flat.dtype), layout.label)
     fun, _, args = validate.bind_keywords(fun, None, args, kwargs, is_compiled(fun))
     return _Setup(fun, args, layout, flat, given, pattern, source, directions, engine, executor,
@@ -432,6 +433,8 @@ def _first_value(setup: _Setup) -> tuple[np.ndarray, OutputLayout]:
         value = setup.fun(view, *setup.args)
     except Exception as error:
         raise LossError(f"the function raised {type(error).__name__} at x: {describe(error)}") from error
+    if setup.kind == "hessian":
+        value = _in_theta_order(value, layout)
     output = OutputLayout.of(value)
     first = np.empty(output.size)
     output.flatten_output(value, first)
@@ -441,6 +444,16 @@ def _first_value(setup: _Setup) -> tuple[np.ndarray, OutputLayout]:
     if not np.array_equal(work, setup.flat):
         raise LossError("the function modifies its input (copy x before writing to it)")
     return first, output
+
+
+def _in_theta_order(value, layout: ParameterLayout):
+    """A gradient returned as a dict, in theta's key order (InputError if the keys differ)."""
+    if not layout.is_dict or not isinstance(value, Mapping):
+        return value
+    names = [g.name for g in layout.groups]
+    if set(value) != set(names):
+        raise InputError(f"grad must return a dict with theta's keys {names}, got {list(value)}")
+    return {name: value[name] for name in names}
 
 
 @dataclass
@@ -510,7 +523,7 @@ def _judge(setup: _Setup, run: Engine, plan: _Plan, rows: np.ndarray, t: float, 
             + given.row_maxima()[None, :] * largest[:, None]
     unit = multiplier * float(np.finfo(np.float64).eps)
     allowed = multiplier * rounding + unit * scale
-    return _Judged(predicted - measured, allowed), rounding, largest
+    return _Judged(predicted - measured, allowed, predicted), rounding, largest
 
 
 def _refined(setup, run, plan, rows, first: _Judged, rounding, sigma, centre, multiplier, dtype):
@@ -529,7 +542,7 @@ def _refined(setup, run, plan, rows, first: _Judged, rounding, sigma, centre, mu
     residual, judged_allowed = first.residual.copy(), first.allowed.copy()
     residual[again] = np.where(bad, e1 + correction, e1)
     judged_allowed[again] = np.where(bad, allowed, first.allowed[again])
-    return _Judged(residual, judged_allowed)
+    return _Judged(residual, judged_allowed, first.predicted)
 
 
 def _run(setup: _Setup) -> JacobianReport:
@@ -553,7 +566,8 @@ def _run(setup: _Setup) -> JacobianReport:
     multiplier = analysis.noise_multiplier(rows.size * m)
     first, rounding, largest = _judge(setup, run, plan, rows, 1.0, sigma, centre, multiplier, dtype)
     judged = _refined(setup, run, plan, rows, first, rounding, sigma, centre, multiplier, dtype)
-    entries = _entries(setup, plan, output, judged, rows, largest)
+    located = _localise(setup, run, plan, output, judged, (sigma, centre, multiplier, dtype))
+    entries = _entries(setup, plan, output, judged, rows, largest, located)
     notes = list(setup.notes)
     if not detected.all():
         notes.append(f"the noise of {int((~detected).sum())} of {m} output elements was not detected "
@@ -567,7 +581,8 @@ def _run(setup: _Setup) -> JacobianReport:
         asymmetric, note = _asymmetry(setup, entries)
         notes += note
     failing = int(judged.disagrees.sum())
-    missing = int(sum(1 for e in entries.worst_all if e.what == "missing"))
+    missing = 0 if plan.column_of is None else \
+        int(((plan.column_of < 0) & judged.disagrees[:plan.count]).sum())
     relative = analysis.relative_error(entries.numerical, entries.analytic)
     if failing or asymmetric:
         verdict = "fail"
@@ -586,7 +601,6 @@ def _run(setup: _Setup) -> JacobianReport:
 @dataclass
 class _Entries:
     worst: list[EntryResult]
-    worst_all: list[EntryResult]  # every disagreeing element, and the worst agreeing ones
     numerical: np.ndarray  # pattern entries: the finite difference
     analytic: np.ndarray  # pattern entries: the given value
     rows: np.ndarray  # pattern entries' (output row, column), flat C layout
@@ -595,15 +609,14 @@ class _Entries:
 
 
 def _entries(setup: _Setup, plan: _Plan, output: OutputLayout, judged: _Judged, rows: np.ndarray,
-             largest: np.ndarray) -> _Entries:
-    """Every judged difference named and in entry units: pattern entries (i, c) scaled by
-    1/Δ_c, missing ones by 1/max Δ of their group, directions by 1/‖Δ‖."""
-    m = output.size
-    count = plan.count
-    label_row = setup.layout.label if setup.kind == "hessian" else output.label
-    flat = setup.flat
+             largest: np.ndarray, located: dict[tuple[int, int], list[EntryResult]]) -> _Entries:
+    """The worst judged differences named and in entry units (pattern entries (i, c) scaled by
+    1/Δ_c, missing ones by 1/max Δ of their group, directions by 1/‖Δ‖), and every pattern
+    entry's given value (P/Δ_c: row i has no other column in its group), finite difference and
+    allowed error."""
+    m, count, label_row = output.size, plan.count, _row_labels(setup, output)
     delta = np.empty(setup.layout.size)
-    cols, deltas, _ = _displacements(flat, plan.groups, np.arange(count), 1.0)
+    cols, deltas, _ = _displacements(setup.flat, plan.groups, np.arange(count), 1.0)
     delta[cols] = deltas
     if plan.column_of is None:  # dense: group g is column g
         column = np.broadcast_to(np.arange(count)[:, None], (count, m))
@@ -613,44 +626,40 @@ def _entries(setup: _Setup, plan: _Plan, output: OutputLayout, judged: _Judged, 
     units = np.where(in_pattern, delta[np.maximum(column, 0)], largest[:count, None])
     residual, allowed = judged.residual[:count] / units, judged.allowed[:count] / units
     score = np.abs(residual) / np.maximum(allowed, np.finfo(np.float64).tiny)
-    group_rows, out_rows = np.nonzero(in_pattern)
-    entry_cols = column[group_rows, out_rows]
-    measured_entries = judged.residual[:count][group_rows, out_rows] / units[group_rows, out_rows]
-    given_entries = _given_values(setup.given, out_rows, entry_cols, measured_entries)
-    results = []
-    order = np.argsort(score, axis=None)[::-1]
-    for flat_index in order[: max(WORST, int((score > 1).sum()))]:
+    results: list[EntryResult] = []
+    candidates = np.flatnonzero((in_pattern | (score > 1)).ravel())
+    for flat_index in candidates[np.argsort(score.ravel()[candidates])[::-1][:WORST]]:
         g, i = divmod(int(flat_index), m)
-        what = "entry" if in_pattern[g, i] else "missing"
-        if what == "missing" and score[g, i] <= 1:
+        if (g, i) in located:
+            results += located[(g, i)]
             continue
         where = setup.layout.label(int(column[g, i])) if in_pattern[g, i] \
-            else _missing_label(setup, plan, g, i)
+            else _missing_label(setup, plan, g)
         results.append(EntryResult(f"{label_row(i)} / {where}", float(residual[g, i]),
-                                   float(allowed[g, i]), float(score[g, i]), what))
+                                   float(allowed[g, i]), float(score[g, i]),
+                                   "entry" if in_pattern[g, i] else "missing"))
     for k in range(setup.directions):
         d = count + k
-        norm = float(np.linalg.norm(_displacements(flat, plan.groups, np.array([rows[d]]), 1.0)[1]))
+        norm = float(np.linalg.norm(_displacements(setup.flat, plan.groups, np.array([rows[d]]), 1.0)[1]))
         res, alw = judged.residual[d] / norm, judged.allowed[d] / norm
-        dscore = np.abs(res) / np.maximum(alw, np.finfo(np.float64).tiny)
-        for i in np.argsort(dscore)[::-1][:WORST]:
-            results.append(EntryResult(f"{label_row(int(i))} / random direction {k}", float(res[i]),
-                                       float(alw[i]), float(dscore[i]), "direction"))
+        direction_score = np.abs(res) / np.maximum(alw, np.finfo(np.float64).tiny)
+        results += [EntryResult(f"{label_row(int(i))} / random direction {k}", float(res[i]),
+                                float(alw[i]), float(direction_score[i]), "direction")
+                    for i in np.argsort(direction_score)[::-1][:WORST]]
     results.sort(key=lambda e: -e.score)
-    return _Entries(results[:WORST], results, given_entries - measured_entries, given_entries,
-                    out_rows, entry_cols, allowed[group_rows, out_rows])
+    groups, out_rows = np.nonzero(in_pattern)
+    given = judged.predicted[groups, out_rows] / units[groups, out_rows]
+    return _Entries(results[:WORST], given - residual[groups, out_rows], given, out_rows,
+                    column[groups, out_rows], allowed[groups, out_rows])
 
 
-def _given_values(given: Given, rows, cols, residual_entries) -> np.ndarray:
-    """The given entries at (rows, cols); for an operator, where they are not at hand, the
-    residual itself (so that D − J is still −residual) over a zero J."""
-    if given.kind == "operator":
-        return np.zeros(rows.size) if rows.size else np.zeros(0)
-    return given.entries(rows, cols) if rows.size else np.zeros(0)
+def _row_labels(setup: _Setup, output: OutputLayout) -> Callable[[int], str]:
+    """Names of the output elements: theta's for a Hessian, the output's otherwise."""
+    return setup.layout.label if setup.kind == "hessian" else output.label
 
 
-def _missing_label(setup: _Setup, plan: _Plan, group: int, row: int) -> str:
-    """The columns of a group in which row ``row`` has no pattern entry, named."""
+def _missing_label(setup: _Setup, plan: _Plan, group: int) -> str:
+    """A group holding a missing entry, named (when it was not localised)."""
     members, _ = plan.groups.members(group)
     first = setup.layout.label(int(members[0]))
     return f"missing entry in group {group} ({members.size} column(s), first {first})"
@@ -681,3 +690,59 @@ def _asymmetry(setup: _Setup, entries: _Entries) -> tuple[int, list[str]]:
         f"the given Hessian is asymmetric: {bad.size} pair(s); worst H[{label(int(rows[k]))}, "
         f"{label(int(cols[k]))}] − H[{label(int(cols[k]))}, {label(int(rows[k]))}] = "
         f"{float(gap[k]):.3e} > {float(a_cd[k] + a_dc[k]):.3e}, the two entries' allowed errors"]
+
+
+#: Missing entries (group, output element) localised by bisection, the worst first.
+LOCALISED = WORST
+
+
+def _localise(setup: _Setup, run: Engine, plan: _Plan, output: OutputLayout, judged: _Judged,
+              noise: tuple) -> dict[tuple[int, int], list[EntryResult]]:
+    """The columns behind the worst missing entries, by bisection: each half of a group that
+    holds one is evaluated at ±s (4 evaluations a split, shared by every element of the
+    group), and the elements whose difference in a half exceeds z·√2·σ + a (the rule,
+    without truncation: outside the pattern a half's difference is noise alone unless an
+    entry is missing there) go on into that half, down to single columns, named with their
+    own residual and allowance.  Returns the located entries of each (group, element)."""
+    if plan.column_of is None:
+        return {}
+    count = plan.count
+    missing = (plan.column_of < 0) & judged.disagrees[:count]
+    flat_order = np.argsort(np.where(missing, -np.abs(judged.residual[:count]) / judged.allowed[:count],
+                                     np.inf), axis=None)
+    chosen = [divmod(int(k), missing.shape[1]) for k in flat_order[:LOCALISED] if missing.flat[k]]
+    active: dict[int, tuple[np.ndarray, list[tuple[int, int]]]] = {}
+    for g, i in chosen:  # by group: the halves of a group serve all its elements
+        members, _ = plan.groups.members(g)
+        active.setdefault(g, (members, []))[1].append((g, i))
+    work = list(active.values())
+    found: dict[tuple[int, int], list[EntryResult]] = {}
+    steps = np.zeros(setup.layout.size)
+    steps[plan.groups.cols[: plan.groups.ptr[count]]] = plan.groups.steps[: plan.groups.ptr[count]]
+    while work:
+        halves = [(part, pairs) for cols, pairs in work
+                  for part in np.array_split(cols, 2 if cols.size > 1 else 1)]
+        groups = Groups.from_parts([part for part, _ in halves], steps)
+        evaluator = make_vector_evaluator(setup.fun, setup.flat, setup.args, setup.layout, output,
+                                          groups, setup.engine_name)
+        sub = run.with_evaluator(evaluator)
+        sub_plan = _Plan(groups, len(groups), None, plan.group_of)
+        result, _, _ = _judge(setup, sub, sub_plan, np.arange(len(groups)), 1.0, *noise)
+        run.evaluations += sub.evaluations
+        work = []
+        for r, (part, pairs) in enumerate(halves):
+            kept = [(g, i) for g, i in pairs if result.disagrees[r, i]]
+            if not kept:
+                continue
+            if part.size > 1:
+                work.append((part, kept))
+                continue
+            c = int(part[0])
+            delta = float(_displacements(setup.flat, groups, np.array([r]), 1.0)[1][0])
+            label_row = _row_labels(setup, output)
+            for g, i in kept:
+                difference, allowed = result.residual[r, i] / delta, result.allowed[r, i] / delta
+                found.setdefault((g, i), []).append(EntryResult(
+                    f"{label_row(i)} / {setup.layout.label(c)}", float(difference), float(allowed),
+                    float(abs(difference) / allowed), "missing"))
+    return found

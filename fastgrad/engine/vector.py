@@ -55,6 +55,13 @@ class Groups:
         return cls(np.arange(count + 1, dtype=np.int64) * size,
                    np.tile(np.arange(size, dtype=np.int64), count), steps.ravel().astype(np.float64))
 
+    @classmethod
+    def from_parts(cls, parts: list[np.ndarray], steps: np.ndarray) -> Groups:
+        """One group per array of columns in ``parts``, each column at its step ``steps[c]``."""
+        cols = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+        ptr = np.concatenate([[0], np.cumsum([part.size for part in parts])]).astype(np.int64)
+        return cls(ptr, cols, np.asarray(steps, dtype=np.float64)[cols])
+
     def __len__(self) -> int:
         return self.ptr.size - 1
 
