@@ -6,6 +6,7 @@
 
 from .api import assert_gradient, check, numerical_gradient
 from .errors import GradientCheckError, GradientMismatch, InputError, LossError
+from .jacobian import JacobianReport, check_hessian, check_jacobian
 from .monitor import GradientCheckWarning, Monitor
 from .parameters import Sample, Theta
 from .report import Report
@@ -35,6 +36,7 @@ __all__ = [
     "GradientCheckWarning",
     "GradientMismatch",
     "InputError",
+    "JacobianReport",
     "LossError",
     "Monitor",
     "Report",
@@ -42,6 +44,8 @@ __all__ = [
     "__version__",
     "assert_gradient",
     "check",
+    "check_hessian",
+    "check_jacobian",
     "numerical_gradient",
     "plan_sample",
     "step_scan",

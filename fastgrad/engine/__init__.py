@@ -280,10 +280,11 @@ class Engine:
         self.evaluations += 1
 
     def perturbed(self, coords: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """out[j, q] = f(θ with θ[coords[j]] = values[j, q]), all finite, as float64."""
+        """out[j, q] = f(θ with θ[coords[j]] = values[j, q]), all finite, as float64; for a
+        vector evaluator (:mod:`.vector`), out[j, q, :] holds the output's m values."""
         rows, points = values.shape
         if rows == 0:
-            return np.empty(values.shape)
+            return np.empty(self.evaluator.out_shape(values))
         executor = self.executor
         if rows * points * self.seconds_per_evaluation < executor.start_seconds \
                 or min(executor.workers, rows) <= 1:
@@ -302,15 +303,16 @@ class Engine:
         out, failure = batch.out, batch.failure
         self.chunks += batch.chunks
         self.batch_seconds += time.perf_counter() - started
-        done = int(np.isfinite(out).sum())
+        # an evaluation is done when all its values are (one value for a scalar loss)
+        done = int(np.isfinite(out.reshape(rows, points, -1)).all(axis=2).sum())
         self.evaluations += done
         if done:
             self.seconds_per_evaluation = (time.perf_counter() - started) * workers / done
         if failure is not None:
             self._raise(failure, coords, values)
-        if done < out.size:  # every failure is reported above: this would be fastgrad's bug
-            raise RuntimeError(f"fastgrad: {out.size - done} of {out.size} evaluations were not "
-                               "made and no failure was reported")
+        if done < rows * points:  # every failure is reported above: this would be fastgrad's bug
+            raise RuntimeError(f"fastgrad: {rows * points - done} of {rows * points} evaluations "
+                               "were not made and no failure was reported")
         return out
 
     def _raise(self, failure, coords, values) -> None:
@@ -329,9 +331,8 @@ class Engine:
         if failure.row < 0:
             raise error  # not tied to an evaluation: fastgrad's own failure, as it was
         row = failure.row
-        coordinate = self.layout.label(int(coords[row]))
-        point = failure.point
-        step = float(values[row, point]) - float(self.evaluator.theta[coords[row]])
+        coordinate, step = self.evaluator.row_place(self.layout, int(coords[row]),
+                                                    float(values[row, failure.point]))
         where = f"at coordinate {coordinate} with step {step:+.3e}"
         if failure.error is None:
             raise LossError(f"the loss returned a non-finite value {where}",

@@ -33,6 +33,9 @@ class Evaluator(ABC):
 
     #: Short name shown in the report ("numba", "python").
     name: str = ""
+    #: Trailing shape of ``out`` per evaluation: () for a scalar loss, (m,) for a function
+    #: whose output (flattened) has m values (:mod:`.vector`).
+    output_shape: tuple[int, ...] = ()
 
     def __init__(self, loss, theta: np.ndarray, args: tuple):
         self.loss = loss
@@ -78,6 +81,15 @@ class Evaluator(ABC):
         finally:
             flat[indices] = self.theta[indices]
         return value, intact
+
+    def out_shape(self, values: np.ndarray) -> tuple[int, ...]:
+        """Shape of ``out`` for a batch of ``values`` (k × p): (k, p) + :attr:`output_shape`."""
+        return tuple(values.shape) + tuple(self.output_shape)
+
+    def row_place(self, layout, coord: int, value: float) -> tuple[str, float]:
+        """(the coordinate's label, the step) of a row ``coord`` evaluated at ``value``, for an
+        error message: θ[coord] = value, a step of value − θ[coord]."""
+        return layout.label(int(coord)), float(value) - float(self.theta[coord])
 
     @abstractmethod
     def evaluate_chunk(self, workspace: Workspace, coords: np.ndarray, values: np.ndarray,

@@ -133,7 +133,8 @@ class _Batch:
                  smallest: int | None = None):
         self.evaluator, self.coords, self.values = evaluator, coords, values
         self.progress, self.workers = progress, workers
-        self.out = np.full(values.shape, np.nan, dtype=np.result_type(values.dtype, np.float64))
+        self.out = np.full(evaluator.out_shape(values), np.nan,
+                           dtype=np.result_type(values.dtype, np.float64))
         self.bounds = chunk_starts(coords.shape[0], rows_per_chunk, workers, smallest)
         self.next_chunk = itertools.count()
         self.taken = 0
@@ -259,8 +260,10 @@ class ThreadPool(Executor):
 
 
 def first_non_finite(out: np.ndarray, start: int, end: int) -> ChunkFailure | None:
+    """The first (row, point) of ``out[start:end]`` with a non-finite value (any of a vector
+    output's values), or None."""
     finite = np.isfinite(out[start:end])
     if finite.all():
         return None
-    row, point = np.argwhere(~finite)[0]
-    return ChunkFailure(start + int(row), int(point), None)
+    index = np.argwhere(~finite)[0]
+    return ChunkFailure(start + int(index[0]), int(index[1]), None)

@@ -254,7 +254,7 @@ def run_chunk(task: ChunkTask) -> ChunkDone:
     again on return, whatever happened."""
     evaluator, workspace = _evaluator_for(task.token, task.source)
     values = task.values
-    out = np.full(values.shape, np.nan, dtype=np.result_type(values.dtype, np.float64))
+    out = np.full(evaluator.out_shape(values), np.nan, dtype=np.result_type(values.dtype, np.float64))
     try:
         with limit_blas_threads(1):
             evaluator.evaluate_chunk(workspace, task.coords, values, out, 0, task.coords.shape[0])
@@ -290,8 +290,9 @@ def _start_worker() -> None:
 class _Gathered:
     """A batch's rows as chunks come back: ``out``, the failures, progress (in the caller)."""
 
-    def __init__(self, values: np.ndarray, progress: Progress | None):
-        self.out = np.full(values.shape, np.nan, dtype=np.result_type(values.dtype, np.float64))
+    def __init__(self, values: np.ndarray, progress: Progress | None, shape: tuple[int, ...] | None = None):
+        self.out = np.full(values.shape if shape is None else shape, np.nan,
+                           dtype=np.result_type(values.dtype, np.float64))
         self.progress = progress
         self.failures: list[ChunkFailure] = []
         self.chunks = 0
@@ -310,7 +311,7 @@ class _Gathered:
             return self.fail(failure)
         if self.progress is not None:
             try:
-                self.progress(rows, done.out.size)
+                self.progress(rows, rows * done.out.shape[1])
             except Exception as error:
                 return self.fail(ChunkFailure(-1, 0, ProgressFailed(error)))
         return True
@@ -340,7 +341,7 @@ class RemoteExecutor(Executor):
         starts = bounds[:-1]
         tasks = [ChunkTask(source.token, source.source, coords[start:end], values[start:end])
                  for start, end in itertools.pairwise(bounds)]
-        gathered = _Gathered(values, progress)
+        gathered = _Gathered(values, progress, evaluator.out_shape(values))
         try:
             self.dispatch(tasks, starts, gathered)
         except futures.BrokenExecutor as error:
@@ -361,7 +362,8 @@ class RemoteExecutor(Executor):
     def died(self, error: BaseException, gathered: _Gathered) -> WorkerDied:
         """The WorkerDied for ``error``: the rows not back are those that were in flight; the
         cause is the dead process's exit status when known, else ``error``."""
-        missing = np.flatnonzero(np.isnan(gathered.out).all(axis=1))
+        out = gathered.out
+        missing = np.flatnonzero(np.isnan(out.reshape(out.shape[0], -1)).all(axis=1))
         first, last = (int(missing[0]), int(missing[-1])) if missing.size else (0, 0)
         how = exit_status_after(self.processes(), DEATH_REPORT_SECONDS) or (
             f"{type(error).__name__}: {describe(error)}: os._exit, a crash in compiled code, "
