@@ -57,12 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the model and data (default 0)")
 
     check = commands.add_parser(
-        "check", help="check the gradient defined in a Python file",
-        description="Load FILE, which defines loss(theta, *args), grad (an array/dict like "
-                    "theta, or grad(theta, *args)), theta, and optionally args (a tuple), and "
-                    "print the report. Exit status: 0 pass (and warn, unless --strict), 1 fail, "
-                    "2 a usage or input error (one line on stderr; --traceback for more).")
-    check.add_argument("file", help="Python file defining loss, grad, theta [, args]")
+        "check", help="check the derivatives defined in a Python file",
+        description="Load FILE, which defines a point theta (or x), optionally args (a tuple), "
+                    "and loss(theta, *args) with grad (an array/dict like theta, or "
+                    "grad(theta, *args)); or fun(x, *args) with vjp, jvp or jac; or grad with "
+                    "hess or hvp. Run every check it defines and print the reports. Exit "
+                    "status: 0 pass (and warn, unless --strict), 1 fail, 2 a usage or input "
+                    "error (one line on stderr; --traceback for more).")
+    check.add_argument("file", help="Python file defining theta (or x) [, args] and the functions")
     check.add_argument("--sample", type=_sample, metavar="K",
                        help="check K coordinates (an int), or a fraction of them (e.g. 0.1)")
     check.add_argument("--detect", type=_detect, metavar="P,ALPHA",
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "non-finite figure is null, its path and value listed in "
                             "\"non_finite\"")
     check.add_argument("--strict", action="store_true", help="exit 1 on warn too")
+    check.add_argument("--taylor", action="store_true",
+                       help="also run the Taylor test of loss and grad (with hvp, if defined, "
+                            "at third order)")
     check.add_argument("--progress", action="store_true",
                        help="show the progress bar on stderr even when it is not a terminal")
     check.add_argument("--traceback", action="store_true",
@@ -164,45 +169,95 @@ def check_command(options) -> int:
         return USAGE
 
 
-def run_check(options) -> int:
-    """Load the model file, check it, print the report; return the exit status."""
-    from .api import check
-    from .parameters import ParameterLayout
-    from .progress import ProgressBar
+#: What a model file may define beside its point (``theta`` or ``x``) and ``args``: each pair
+#: (function, derivative) found runs its check, in this order.
+DERIVATIVE_CHECKS = (
+    ("gradient", "loss", "grad", "check"),
+    ("vjp", "fun", "vjp", "check_vjp"),
+    ("jvp", "fun", "jvp", "check_jvp"),
+    ("jacobian", "fun", "jac", "check_jacobian"),
+    ("hessian", "grad", "hess", "check_hessian"),
+    ("hvp", "grad", "hvp", "check_hvp"),
+)
 
+
+def run_check(options) -> int:
+    """Load the model file, run every check it defines (:data:`DERIVATIVE_CHECKS`, and the
+    Taylor test with ``--taylor``), print the reports; the exit status of the worst."""
     with _model_folder_on_path(options.file):
         model = load_model(options.file)
-        progress = None
-        if options.progress or (sys.stderr.isatty() and not options.json):
-            layout, _ = ParameterLayout.from_theta(model["theta"])
-            total = layout.size if options.sample is None and options.detect is None \
-                and options.directions is None else _expected(layout, options)
-            progress = ProgressBar(total)
+        kinds = [kind for kind, function, derivative, _ in DERIVATIVE_CHECKS
+                 if function in model and derivative in model]
+        if options.taylor:
+            kinds.append("taylor")
+        reports = []
         try:
             with warnings.catch_warnings():
                 # Complex points reach a loss that may drop the imaginary part (float()):
                 # the check says so in its own error, without NumPy's warning lines.
                 warnings.simplefilter("ignore", ComplexWarning)
-                report = check(model["loss"], model["grad"], model["theta"], model.get("args", ()),
-                               method=options.method, eps=options.eps, workers=options.workers,
-                               sample=options.sample, detect=options.detect,
-                               directions=options.directions, seed=options.seed,
-                               progress=progress)
+                for kind in kinds:
+                    reports.append((kind, _run_one(kind, model, options)))
         except SystemExit as error:
-            raise UsageError(f"the loss or grad called sys.exit({error.code!r})") from error
-        finally:
-            if progress is not None:
-                progress.close()
-    text = json.dumps(report.to_dict(), indent=2, allow_nan=False) if options.json \
-        else report.format(command_line=True)
+            raise UsageError(f"the function or a derivative called sys.exit({error.code!r})") from error
+    if options.json:
+        data = [dict(report.to_dict(), check=kind) for kind, report in reports]
+        text = json.dumps(data[0] if len(data) == 1 else {"checks": data}, indent=2, allow_nan=False)
+    else:
+        text = "\n\n".join(_formatted(kind, report, len(reports) > 1) for kind, report in reports)
     _emit(text)
-    if report.verdict == "fail" or (options.strict and report.verdict == "warn"):
+    verdicts = {report.verdict for _, report in reports}
+    if "fail" in verdicts or (options.strict and "warn" in verdicts):
         return FAILED
     return PASSED
 
 
+def _run_one(kind: str, model: dict, options):
+    """The report of one check of ``model`` (a gradient check with every option; the others
+    with the seed)."""
+    import fastgrad
+
+    point = model["theta"] if "theta" in model else model["x"]
+    args = model.get("args", ())
+    if kind == "gradient":
+        return _gradient_check(model, point, args, options)
+    if kind == "taylor":
+        return fastgrad.taylor_test(model["loss"], model["grad"], point, args,
+                                    hvp=model.get("hvp"), seed=options.seed)
+    _, function, derivative, name = next(entry for entry in DERIVATIVE_CHECKS if entry[0] == kind)
+    return getattr(fastgrad, name)(model[function], model[derivative], point, args, seed=options.seed)
+
+
+def _gradient_check(model: dict, theta, args, options):
+    from .api import check
+    from .parameters import ParameterLayout
+    from .progress import ProgressBar
+
+    progress = None
+    if options.progress or (sys.stderr.isatty() and not options.json):
+        layout, _ = ParameterLayout.from_theta(theta)
+        total = layout.size if options.sample is None and options.detect is None \
+            and options.directions is None else _expected(layout, options)
+        progress = ProgressBar(total)
+    try:
+        return check(model["loss"], model["grad"], theta, args, method=options.method,
+                     eps=options.eps, workers=options.workers, sample=options.sample,
+                     detect=options.detect, directions=options.directions, seed=options.seed,
+                     progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _formatted(kind: str, report, titled: bool) -> str:
+    """A report as text, options spelled as on the command line; titled when there are several."""
+    text = report.format(command_line=True) if kind == "gradient" else str(report)
+    return f"== {kind} ==\n{text}" if titled else text
+
+
 def load_model(path: str) -> dict:
-    """Run the file and return its names; loss, grad and theta must be among them."""
+    """Run the file and return its names: a point (theta or x) and at least one function
+    with its derivative (:data:`DERIVATIVE_CHECKS`) must be among them."""
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path}")
     try:
@@ -215,10 +270,13 @@ def load_model(path: str) -> dict:
                          "defines loss, grad and theta without exiting") from error
     except Exception as error:  # the model file's own failure, in one line
         raise UsageError(f"{path} raised {_describe(error)} while loading") from error
-    missing = [name for name in ("loss", "grad", "theta") if name not in namespace]
-    if missing:
-        raise UsageError(f"{path} does not define {', '.join(missing)} "
-                         "(it must define loss, grad and theta, and may define args)")
+    pairs = [(function, derivative) for _, function, derivative, _ in DERIVATIVE_CHECKS
+             if function in namespace and derivative in namespace]
+    if ("theta" not in namespace and "x" not in namespace) or not pairs:
+        missing = [name for name in ("loss", "grad", "theta") if name not in namespace]
+        raise UsageError(f"{path} does not define {', '.join(missing) or 'a point'} "
+                         "(it must define theta (or x) and loss with grad, or fun with vjp, jvp or "
+                         "jac, or grad with hess or hvp; it may define args)")
     if "args" in namespace and not isinstance(namespace["args"], (tuple, list)):
         raise UsageError(f"{path}: args must be a tuple, got {type(namespace['args']).__name__}")
     return namespace
