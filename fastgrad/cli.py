@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "non-finite figure is null, its path and value listed in "
                             "\"non_finite\"")
     check.add_argument("--strict", action="store_true", help="exit 1 on warn too")
+    check.add_argument("--plot", metavar="PNG",
+                       help="save the gradient check's picture to PNG (needs matplotlib)")
     check.add_argument("--taylor", action="store_true",
                        help="also run the Taylor test of loss and grad (with hvp, if defined, "
                             "at third order)")
@@ -200,6 +202,8 @@ def run_check(options) -> int:
                     reports.append((kind, _run_one(kind, model, options)))
         except SystemExit as error:
             raise UsageError(f"the function or a derivative called sys.exit({error.code!r})") from error
+    if options.plot:
+        _save_plot(dict(reports).get("gradient"), options.plot)
     if options.json:
         data = [dict(report.to_dict(), check=kind) for kind, report in reports]
         text = json.dumps(data[0] if len(data) == 1 else {"checks": data}, indent=2, allow_nan=False)
@@ -247,6 +251,20 @@ def _gradient_check(model: dict, theta, args, options):
     finally:
         if progress is not None:
             progress.close()
+
+
+def _save_plot(report, path: str) -> None:
+    """The gradient check's picture saved to ``path`` (Agg: no screen needed)."""
+    if report is None:
+        raise UsageError("--plot draws a gradient check: the file defines no loss with grad")
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'fastgrad[plot]'") from None
+    matplotlib.use("Agg")
+    figure = report.plot()
+    figure.savefig(path, dpi=100)
+    print(f"saved {path}", file=sys.stderr)
 
 
 def _formatted(kind: str, report, titled: bool) -> str:

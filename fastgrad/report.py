@@ -207,6 +207,17 @@ class Report:
         }, "", non_finite)
         return {**data, "non_finite": non_finite}
 
+    def plot(self, groups: list[str] | None = None):
+        """Draw the check: per group, analytic against numerical, and the scores.
+
+        Analytic against numerical with the allowed band, and each checked coordinate's score
+        against the threshold (a heat map for a 2-D group); the failing groups first, at most
+        8 unless ``groups`` names them.  Returns the matplotlib figure (needs ``fastgrad[plot]``).
+        """
+        from .plotting import plot_report
+
+        return plot_report(self, groups)
+
     def format(self, *, command_line: bool = False) -> str:
         """The report as text.
 

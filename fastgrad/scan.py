@@ -57,6 +57,15 @@ class StepScan:
         """Per coordinate, the scanned step with the smallest error."""
         return self.steps[np.argmin(self.errors, axis=1)]
 
+    def plot(self):
+        """Draw the errors against the step, log-log (the V), the default step marked.
+
+        Returns the matplotlib figure (needs ``fastgrad[plot]``).
+        """
+        from .plotting import plot_step_scan
+
+        return plot_step_scan(self)
+
     def __str__(self) -> str:
         default_row = int(np.argmin(np.abs(np.log(self.steps / self.default_step))))
         best = np.argmin(self.errors, axis=1)

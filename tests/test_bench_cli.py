@@ -21,9 +21,9 @@ import fastgrad as fg
 from fastgrad.models import logistic
 
 COMPARISONS = ("efficiency", "growth", "naive", "scipy", "logistic", "monitor", "startup",
-               "memory", "torch")
+               "memory", "derivatives", "torch")
 #: Comparisons that need an optional dependency: skipped (with a line saying so) without it.
-OPTIONAL = {"scipy": "scipy", "torch": "torch"}
+OPTIONAL = {"scipy": "scipy", "torch": "torch", "derivatives": "scipy"}
 STATUSES = {"met", "MISSED", "skipped", "n/a", ""}
 
 

@@ -21,6 +21,7 @@ monitor        Monitor overhead in a training loop, every=100              :mod:
 startup        first check in a fresh process, cold and warm Numba cache   :mod:`.fresh`
 memory         peak memory against n, 1 and all workers                    :mod:`.fresh`
 executors      NumPy MLP serial/processes/dask, forward vs SciPy, per chunk :mod:`.executors`
+derivatives    sparse Jacobian n = 10^5 by column groups; Taylor test       :mod:`.derivatives`
 torch          vs torch.autograd.gradcheck (float64)                       :mod:`.peers`
 =============  ==========================================================  ================
 
@@ -43,6 +44,7 @@ from fastgrad.engine import available_cores
 
 from . import output as outputs
 from .common import FULL, QUICK, Line, Section, load_average, machine, wait_until_quiet
+from .derivatives import measure_derivatives
 from .executors import measure_executors
 from .fresh import measure_first_check, measure_memory
 from .large import measure_logistic
@@ -70,6 +72,7 @@ def _plan(sizes, done: dict) -> list:
         ("startup", "first check in fresh processes", lambda: measure_first_check(sizes)),
         ("memory", "peak memory against n", lambda: measure_memory(sizes, available_cores())),
         ("executors", "executors", lambda: measure_executors(sizes)),
+        ("derivatives", "derivatives", lambda: measure_derivatives(sizes)),
         ("torch", "torch gradcheck", lambda: compare_torch(sizes)),
     ]
 
