@@ -218,6 +218,12 @@ class Report:
 
         return plot_report(self, groups)
 
+    def _repr_html_(self) -> str:
+        """The report in a notebook: verdict, causes, groups and worst coordinates, coloured."""
+        from .notebook import report_html
+
+        return report_html(self)
+
     def format(self, *, command_line: bool = False) -> str:
         """The report as text.
 

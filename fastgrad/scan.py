@@ -66,6 +66,12 @@ class StepScan:
 
         return plot_step_scan(self)
 
+    def _repr_html_(self) -> str:
+        """The scan in a notebook: the table of errors, the best and default steps marked."""
+        from .notebook import step_scan_html
+
+        return step_scan_html(self)
+
     def __str__(self) -> str:
         default_row = int(np.argmin(np.abs(np.log(self.steps / self.default_step))))
         best = np.argmin(self.errors, axis=1)
