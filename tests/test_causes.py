@@ -195,3 +195,20 @@ def test_a_sampled_check_fits_its_sample_only():
     (cause,) = report.causes
     assert cause.kind == "scale" and cause.evidence["named"] == M
     assert cause.evidence["entries"] == report.checked
+
+
+def test_the_readme_example_runs_and_finds_its_cause(tmp_path, monkeypatch):
+    """The Python block of the README's section on failing checks, run as a reader would."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("matplotlib").use("Agg")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## When a check fails", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    namespace: dict = {}
+    exec(compile(block, "README: When a check fails", "exec"), namespace)
+    assert namespace["report"].causes[0].group == "b2"
+    assert (tmp_path / "docs" / "failing-check.png").stat().st_size > 0
