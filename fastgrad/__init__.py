@@ -8,6 +8,7 @@ from .api import assert_gradient, check, numerical_gradient
 from .errors import GradientCheckError, GradientMismatch, InputError, LossError
 from .monitor import GradientCheckWarning, Monitor
 from .parameters import Sample, Theta
+from .products import ProductReport, check_hvp, check_jvp, check_vjp
 from .report import Report
 from .sampling import Coverage, generators, sample_coordinates
 from .scan import StepScan, step_scan
@@ -37,11 +38,15 @@ __all__ = [
     "InputError",
     "LossError",
     "Monitor",
+    "ProductReport",
     "Report",
     "StepScan",
     "__version__",
     "assert_gradient",
     "check",
+    "check_hvp",
+    "check_jvp",
+    "check_vjp",
     "numerical_gradient",
     "plan_sample",
     "step_scan",
