@@ -407,3 +407,23 @@ def test_readme_section_runs():
     namespace: dict = {}
     exec(compile(blocks[0], "README products block", "exec"), namespace)
     assert namespace["report"].passed
+
+
+@numba.njit
+def compiled_scaled_sine(x, scale=1.0):
+    return scale * np.sin(x)
+
+
+def test_compiled_fun_of_a_dict_x_gets_the_flat_vector_and_its_keywords():
+    x = {"a": np.array([0.2, -0.7]), "b": np.array([[1.3, 0.4]])}
+
+    def vjp(x, u, scale):
+        flat = np.r_[x["a"], x["b"].ravel()]
+        g = scale * np.cos(flat) * u
+        return {"a": g[:2], "b": g[2:].reshape(1, 2)}
+
+    report = fg.check_vjp(compiled_scaled_sine, vjp, x, kwargs={"scale": 2.5}, seed=0)
+    assert report.verdict == "pass", report
+    assert report.reports[0].engine == "numba"
+    assert not fg.check_vjp(compiled_scaled_sine, lambda x, u, scale: vjp(x, u, 1.0), x,
+                            kwargs={"scale": 2.5}, seed=0).passed

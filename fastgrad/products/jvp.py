@@ -11,7 +11,7 @@ that every output element i has the central difference
 
 judged as a coordinate of :func:`fastgrad.check` is: it disagrees when
 
-    |D_i − (J·w)_i| > z·r_i + t_i,   r_i = √2·σ_i / 2t,
+    |D_i − (J·w)_i| > z·r_i + t_i + a_i,   r_i = √2·σ_i / 2t,
 
 with σ_i the noise of element i measured by ECnoise on one table of F (9 points along a
 fixed random direction at relative step √u, vectorised over the elements, at least
@@ -19,7 +19,8 @@ u·|F_i|, and scaled by the growth of |F_i| at x_± as :func:`fastgrad.analysis.
 does), z = 2·√(2 ln(m·k / 10⁻⁶)) over the m·k entries of k tangents, and t_i = 0 unless some
 element disagrees: then the tangent is taken again at 2t and every element is judged on
 its Richardson value (4·D(t) − D(2t))/3 against the product's own, with
-t_i = |e_i(t) − e_i(R)| (e = D − J·w) and the Richardson rounding.
+t_i = |e_i(t) − e_i(R)| (e = D − J·w) and the Richardson rounding; a_i = z·u_p·(|p_i| + max|p|)
+allows for the rounding of the given product p = J·w in its own precision u_p.
 Cost: 1 + 8 evaluations of F, then 2 per tangent (4 where one is refined).
 """
 
@@ -83,7 +84,7 @@ def check_jvp(fun: Callable, jvp: Callable, x, args: tuple | list = (), *,
         Kind "jvp"; entries labelled ``"tangent 1: out[3, 2]"`` (a dict output: its keys).
 
     The rule (module docstring): element i of tangent k fails when |D_i − (J·w)_i| >
-    z·√2·σ_i/2t + t_i.  The product is called with w = (x_+ − x_-)/2t, the tangent the
+    z·√2·σ_i/2t + t_i + a_i.  The product is called with w = (x_+ − x_-)/2t, the tangent the
     points really differ by (v up to rounding).
     """
     return _check_products("jvp", fun, jvp, x, args, kwargs, tangents, seed, linearized)
@@ -133,9 +134,10 @@ def _check_products(kind: str, fun, product_of, x, args, kwargs, given, seed,
         def product(v):
             return product_of(layout.structured(x_flat.copy()), v, *user_args, **user_kwargs)
 
-    def apply(w: np.ndarray) -> np.ndarray:
+    def apply(w: np.ndarray) -> Product:
         result = user_call(product_name, product, layout.structured(w.copy()))
-        return out_layout.flatten_like(result, f"the {product_name}'s product")
+        return Product(out_layout.flatten_like(result, f"the {product_name}'s product"),
+                       precision_of(result))
 
     lines = [Line(x_flat, v) for v in tangents]
     given_products = [apply(line.tangent(1.0)) for line in lines]  # InputError before any difference
@@ -180,6 +182,27 @@ class Line:
         """w = (x_+ − x_-) / 2a·t: the tangent the points at a·t really differ by."""
         plus, minus = self.points(multiple)
         return (plus.astype(np.float64) - minus.astype(np.float64)) / (2.0 * multiple * self.step)
+
+
+@dataclass(frozen=True)
+class Product:
+    """A given product J·w, flat float64, and the machine epsilon of its coarsest array."""
+
+    values: np.ndarray
+    unit: float
+
+    def allowance(self, multiplier: float) -> np.ndarray:
+        """a_i = z·u_p·(|p_i| + max|p|): the given product is itself rounded in its dtype
+        (as the analytic gradient in :func:`fastgrad.derivatives.analytic_allowance`)."""
+        unit = multiplier * self.unit
+        return unit * np.abs(self.values) + unit * float(np.abs(self.values).max())
+
+
+def precision_of(value) -> float:
+    """The machine epsilon of the coarsest float array in ``value`` (float64's for integers)."""
+    arrays = value.values() if isinstance(value, Mapping) else [value]
+    kinds = [np.asarray(array).dtype for array in arrays]
+    return max(float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps) for dtype in kinds)
 
 
 @dataclass(frozen=True)
@@ -278,19 +301,22 @@ class JudgedLine:
                               float(self.score.max(initial=0.0)), relative, evaluations)
 
 
-def judge_line(function: Function, out_layout: ParameterLayout, line: Line, given: np.ndarray,
+def judge_line(function: Function, out_layout: ParameterLayout, line: Line, product: Product,
                noise: ElementNoise, multiplier: float, apply) -> JudgedLine:
     """D at t against the given J·w, and where any element disagrees, every element again
-    on the Richardson values of D and of the product at t and 2t (module docstring)."""
+    on the Richardson values of D and of the product at t and 2t (module docstring); the
+    product's own rounding a_i is allowed on top (:meth:`Product.allowance`)."""
     numerical, rounding = _difference(function, out_layout, line, 1.0, noise)
-    error = multiplier * rounding
+    given, allowance = product.values, product.allowance(multiplier)
+    error = multiplier * rounding + allowance
     if np.any(np.abs(numerical - given) > error):
         numerical2, rounding2 = _difference(function, out_layout, line, 2.0, noise)
-        given2 = apply(line.tangent(2.0))
+        given2 = apply(line.tangent(2.0)).values
         extrapolated = analysis.richardson(numerical, numerical2)
         given_r = analysis.richardson(given, given2)
         truncation = np.abs((numerical - given) - (extrapolated - given_r))
-        error = multiplier * analysis.richardson_rounding_std(rounding, rounding2) + truncation
+        error = multiplier * analysis.richardson_rounding_std(rounding, rounding2) + truncation \
+            + allowance
         numerical, given = extrapolated, given_r
     return JudgedLine(given, numerical, error, analysis.disagreement(numerical, given, error))
 
