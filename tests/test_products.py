@@ -427,3 +427,46 @@ def test_compiled_fun_of_a_dict_x_gets_the_flat_vector_and_its_keywords():
     assert report.reports[0].engine == "numba"
     assert not fg.check_vjp(compiled_scaled_sine, lambda x, u, scale: vjp(x, u, 1.0), x,
                             kwargs={"scale": 2.5}, seed=0).passed
+
+
+def test_columnwise_ecnoise_matches_fastgrads_ecnoise():
+    """Vectorised over the columns, the same σ and detection as fastgrad.noise.ecnoise."""
+    from fastgrad.noise import ecnoise, noise_bound
+    from fastgrad.products.jvp import ecnoise_columns
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(-4, 5)[:, None]
+    table = np.concatenate([
+        1.0 + 1e-3 * steps * rng.standard_normal(6) + 1e-14 * rng.standard_normal((9, 6)),  # noisy
+        1e150 * (2.0 + steps * 1e-9 + 1e-15 * rng.standard_normal((9, 3))),  # large values
+        np.ones((9, 2)),  # constant: code 2
+        steps * 0.5 + 1e-15 * rng.standard_normal((9, 2)),  # through zero: spread, code 3
+    ], axis=1)
+    sigma, detected = ecnoise_columns(table)
+    for j in range(table.shape[1]):
+        expected, code = ecnoise(table[:, j])
+        assert detected[j] == (code == 1)
+        if code == 1:
+            assert sigma[j] == pytest.approx(expected, rel=1e-12)
+        elif code == 3:
+            assert sigma[j] == pytest.approx(noise_bound(table[:, j]), rel=1e-12)
+        else:
+            assert sigma[j] == 0.0
+    assert detected[:9].all() and not detected[9:].any()
+
+
+def test_a_loss_summed_over_many_samples_is_judged_by_its_measured_noise():
+    rng = np.random.default_rng(3)
+    design, labels = rng.standard_normal((20000, 6)), (rng.random(20000) < 0.5).astype(float)
+    theta = rng.standard_normal(6)
+    args = (design, labels, 0.0)
+    assert fg.check_hvp(logistic_grad, logistic_hvp, theta, args=args, seed=0).verdict == "pass"
+
+    def one_entry(theta, v, X, y, penalty):
+        p = _sigmoid(X @ theta)
+        hessian = X.T @ (X * (p * (1 - p))[:, None])
+        hessian[2, 4] *= 1.0 + 1e-3
+        return hessian @ v
+
+    report = fg.check_hvp(logistic_grad, one_entry, theta, args=args, seed=0)
+    assert report.verdict == "fail" and report.worst[0].label.endswith("theta[2]")
