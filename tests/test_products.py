@@ -207,8 +207,8 @@ def test_correct_jvps_pass(fun, jvp):
     report = fg.check_jvp(fun, jvp, X0, seed=3)
     assert report.verdict == "pass", report
     assert report.kind == "jvp" and len(report.products) == 4
-    # fun(x), the noise table, a pair a tangent (two where an element is refined at 2t)
-    assert report.evaluations == 1 + 8 + sum(p.evaluations for p in report.products)
+    # fun(x), the two noise tables, a pair a tangent (two where an element is refined at 2t)
+    assert report.evaluations == 1 + 16 + sum(p.evaluations for p in report.products)
     assert all(p.evaluations in (2, 4) for p in report.products)
     json.dumps(report.to_dict(), allow_nan=False)
 
@@ -470,3 +470,36 @@ def test_a_loss_summed_over_many_samples_is_judged_by_its_measured_noise():
 
     report = fg.check_hvp(logistic_grad, one_entry, theta, args=args, seed=0)
     assert report.verdict == "fail" and report.worst[0].label.endswith("theta[2]")
+
+
+def tridiagonal_residual(x, b):
+    r = -2.0 * x + x ** 3 - b
+    r[1:] += x[:-1]
+    r[:-1] += x[1:]
+    return r
+
+
+def tridiagonal_jvp(x, v, b):
+    r = (3.0 * x ** 2 - 2.0) * v
+    r[1:] += v[:-1]
+    r[:-1] += v[1:]
+    return r
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_sparse_residual_at_1e5_elements_whose_noise_hides_from_ecnoise(seed):
+    """Seeds on which one √u table (and two at √u, 100√u along one direction) left elements
+    F_i ≈ 0.006 (cancelling terms of ~1) at σ = u·|F_i| and failed the correct JVP."""
+    n = 100_000
+    b = np.random.default_rng(0).standard_normal(n)
+    x = np.random.default_rng(seed).standard_normal(n)
+    report = fg.check_jvp(tridiagonal_residual, tridiagonal_jvp, x, args=(b,), seed=seed)
+    assert report.verdict == "pass", report
+
+    def one_entry(x, v, b):  # J[500, 501] off by a relative 1e-3
+        r = tridiagonal_jvp(x, v, b)
+        r[500] += 1e-3 * v[501]
+        return r
+
+    report = fg.check_jvp(tridiagonal_residual, one_entry, x, args=(b,), seed=seed)
+    assert report.verdict == "fail" and report.worst[0].label.endswith(": out[500]")

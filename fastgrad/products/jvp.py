@@ -13,15 +13,16 @@ judged as a coordinate of :func:`fastgrad.check` is: it disagrees when
 
     |D_i − (J·w)_i| > z·r_i + t_i + a_i,   r_i = √2·σ_i / 2t,
 
-with σ_i the noise of element i measured by ECnoise on one table of F (9 points along a
-fixed random direction at relative step √u, vectorised over the elements, at least
-u·|F_i|, and scaled by the growth of |F_i| at x_± as :func:`fastgrad.analysis.evaluation_noise`
-does), z = 2·√(2 ln(m·k / 10⁻⁶)) over the m·k entries of k tangents, and t_i = 0 unless some
-element disagrees: then the tangent is taken again at 2t and every element is judged on
-its Richardson value (4·D(t) − D(2t))/3 against the product's own, with
-t_i = |e_i(t) − e_i(R)| (e = D − J·w) and the Richardson rounding; a_i = z·u_p·(|p_i| + max|p|)
-allows for the rounding of the given product p = J·w in its own precision u_p.
-Cost: 1 + 8 evaluations of F, then 2 per tangent (4 where one is refined).
+with σ_i the noise of element i measured by ECnoise on two tables of F (9 points each along
+fixed random directions at relative steps √u and 100·√u, vectorised over the elements; the
+larger, see :func:`element_noise`), at least u·|F_i|, and scaled by the growth of |F_i| at
+x_± as :func:`fastgrad.analysis.evaluation_noise` does); z = 2·√(2 ln(m·k / 10⁻⁶)) over
+the m·k entries of k tangents; t_i = 0 unless some element disagrees: then the tangent is
+taken again at 2t and every element is judged on its Richardson value (4·D(t) − D(2t))/3
+against the product's own, with t_i = |e_i(t) − e_i(R)| (e = D − J·w) and the Richardson
+rounding; a_i = z·u_p·(|p_i| + max|p|) allows for the rounding of the given product
+p = J·w in its own precision u_p.
+Cost: 1 + 16 evaluations of F, then 2 per tangent (4 where one is refined).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .. import _validation as validate
 from .. import analysis
 from ..errors import LossError
 from ..methods import CENTRAL
-from ..noise import AGREEMENT, DEFAULT_POINTS, MAX_SPREAD, default_step, random_direction
+from ..noise import AGREEMENT, DEFAULT_POINTS, MAX_SPREAD, STEP_FACTOR, default_step, random_direction
 from ..parameters import ARRAY_GROUP, ParameterLayout
 from ..pipeline import NOISE_SEED
 from ..verdict import zero_within_error
@@ -224,16 +225,52 @@ class ElementNoise:
         return np.maximum(self.unit * largest, self.sigma * np.maximum(growth, 1.0))
 
 
+#: The second table's step, in units of the first's (ECnoise's factor between tries,
+#: :data:`fastgrad.noise.STEP_FACTOR`).
+SECOND_TABLE = STEP_FACTOR
+
+
 def element_noise(function: Function, x: np.ndarray, out_layout: ParameterLayout,
                   f0: np.ndarray) -> ElementNoise:
-    """ECnoise (:func:`fastgrad.noise.ecnoise`) on each element of a table of F at
-    x + j·δ·p, j = −4..4, δ = √u, p the fixed random direction of the gradient check's noise
-    estimate: 8 evaluations of F for every element at once.  Where an element's noise is not
-    detected, the smallest level σ_1..σ_6 (:func:`fastgrad.noise.noise_bound`: errs large) or,
-    for values too equal to show noise (code 2), 0; then σ_i ≥ u·|F_i(x)|."""
+    """ECnoise (:func:`fastgrad.noise.ecnoise`) on each element of two tables of F at
+    x + j·δ·p, j = −4..4, δ = √u and 100·√u, p the fixed random direction of the gradient
+    check's noise estimate: 16 evaluations of F for every element at once.
+
+    Why two.  ECnoise assumes the rounding errors at the table's points are independent.
+    An element of a large output need not see them so: on a tridiagonal residual at
+    n = 10^5 (δ·p_i ≈ 5e-11, δ = 2^-26), some elements are exactly linear along the
+    √u-table (every level from the second on exactly 0) or show only part of their noise,
+    while at 100·√u, with no such alignment, their noise is detected (≈ 1e-16 where the
+    √u-table gave u·|F_i| ≈ 4e-18, and false alarms).  So σ_i is the larger of the two
+    tables' detected levels.  Where neither detects it, the larger of their fallbacks (the
+    smallest level σ_1..σ_6, :func:`fastgrad.noise.noise_bound`; 0 where the values are too
+    equal to show noise), and at least the median detected σ of its output group: on that
+    residual ~0.1 % of the elements stay undetected with fallbacks of u·|F_i| (F_i ≈ 0.006
+    by cancellation of terms of ~1, whose rounding is ~1e-16) and failed correct products,
+    while their computation is like their neighbours' (median 3.5e-16); erring large is the
+    safe side, and the report's note counts them.  Then σ_i ≥ u·|F_i(x)|."""
+    step = default_step(x.dtype)
+    first, first_found = ecnoise_columns(_table(function, x, out_layout, f0, step, NOISE_SEED))
+    second, second_found = ecnoise_columns(_table(function, x, out_layout, f0,
+                                                  SECOND_TABLE * step, NOISE_SEED + 1))
+    detected = first_found | second_found
+    measured = np.maximum(np.where(first_found, first, 0.0), np.where(second_found, second, 0.0))
+    sigma = np.where(detected, measured, np.maximum(first, second))
+    for group in out_layout.groups:  # undetected: at least the group's typical noise
+        part = slice(group.offset, group.stop)
+        if detected[part].any() and not detected[part].all():
+            typical = float(np.median(measured[part][detected[part]]))
+            sigma[part] = np.where(detected[part], sigma[part], np.maximum(sigma[part], typical))
+    unit = float(np.finfo(out_layout.dtype).eps)
+    return ElementNoise(np.maximum(sigma, unit * np.abs(f0)), f0, detected, unit)
+
+
+def _table(function: Function, x: np.ndarray, out_layout: ParameterLayout, f0: np.ndarray,
+           delta: float, seed: int) -> np.ndarray:
+    """F at x + j·δ·p, j = −4..4 (rows), p the random direction of ``seed``, F(x) reused at
+    j = 0: 8 evaluations."""
     center = DEFAULT_POINTS // 2
-    p = random_direction(x.astype(np.float64), NOISE_SEED)
-    delta = default_step(x.dtype)
+    p = random_direction(x.astype(np.float64), seed)
     rows = []
     for j in range(DEFAULT_POINTS):
         if j == center:
@@ -242,9 +279,7 @@ def element_noise(function: Function, x: np.ndarray, out_layout: ParameterLayout
         point = (x.astype(np.float64) + (j - center) * delta * p).astype(x.dtype)
         rows.append(flat_values(out_layout, function(point, "near x (noise estimate)"),
                                 "fun's value near x (noise estimate)"))
-    sigma, detected = ecnoise_columns(np.array(rows))
-    unit = float(np.finfo(out_layout.dtype).eps)
-    return ElementNoise(np.maximum(sigma, unit * np.abs(f0)), f0, detected, unit)
+    return np.array(rows)
 
 
 def ecnoise_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
