@@ -9,6 +9,7 @@ from .errors import GradientCheckError, GradientMismatch, InputError, LossError
 from .jacobian import JacobianReport, check_hessian, check_jacobian
 from .monitor import GradientCheckWarning, Monitor
 from .parameters import Sample, Theta
+from .products import ProductReport, check_hvp, check_jvp, check_vjp
 from .report import Report
 from .sampling import Coverage, generators, sample_coordinates
 from .scan import StepScan, step_scan
@@ -39,13 +40,17 @@ __all__ = [
     "JacobianReport",
     "LossError",
     "Monitor",
+    "ProductReport",
     "Report",
     "StepScan",
     "__version__",
     "assert_gradient",
     "check",
     "check_hessian",
+    "check_hvp",
     "check_jacobian",
+    "check_jvp",
+    "check_vjp",
     "numerical_gradient",
     "plan_sample",
     "step_scan",
