@@ -11,6 +11,7 @@ from .parameters import Sample, Theta
 from .report import Report
 from .sampling import Coverage, generators, sample_coordinates
 from .scan import StepScan, step_scan
+from .taylor import TaylorReport, taylor_test
 
 __version__ = "0.1.0"
 
@@ -39,10 +40,12 @@ __all__ = [
     "Monitor",
     "Report",
     "StepScan",
+    "TaylorReport",
     "__version__",
     "assert_gradient",
     "check",
     "numerical_gradient",
     "plan_sample",
     "step_scan",
+    "taylor_test",
 ]
