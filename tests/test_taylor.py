@@ -286,3 +286,13 @@ def test_import_does_not_import_matplotlib():
     import sys
     code = "import sys, fastgrad; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_readme_example_runs(capsys):
+    import re
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("\n## Taylor test\n", 1)[1].split("\n## ", 1)[0]
+    exec(compile(re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0], "README Taylor test",
+                 "exec"), {})
+    assert "taylor check: PASS" in capsys.readouterr().out
