@@ -96,7 +96,8 @@ class TaylorReport:
     ``rate`` is the log-log least-squares slope over the fitted window, ``rate_uncertainty``
     its bound (noise + higher-order drift, see :func:`fit_rate`), ``expected_rate`` 2 (3 with
     ``hvp=``); ``resolution`` the smallest error of the derivative term that would have shown
-    (units of f per unit ε, or per ε² for the second-order term); ``noise`` σ of one evaluation.
+    (units of f per unit ε); ``noise`` σ of one evaluation (‖σ_j‖₂ over the outputs with jvp=);
+    ``evaluations`` counts the calls of ``loss`` (grad, hvp or jvp are called once each).
     """
 
     kind: str
@@ -242,7 +243,7 @@ class _Line:
 
     def __init__(self, fun: Callable, args: tuple, layout: ParameterLayout, theta: np.ndarray,
                  h: np.ndarray, vector: bool, compiled: bool):
-        self.fun, self.args, self.layout, self.theta, self.h = fun, args, layout, theta, h
+        self.fun, self.args, self.layout, self.h = fun, args, layout, h
         self.flat_call = compiled and layout.is_dict
         self.vector = vector
         self.evaluations = 0

@@ -296,3 +296,32 @@ def test_readme_example_runs(capsys):
     exec(compile(re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0], "README Taylor test",
                  "exec"), {})
     assert "taylor check: PASS" in capsys.readouterr().out
+
+
+@numba.njit
+def _dict_loss_njit(flat):
+    total = 0.0
+    for i in range(flat.size):
+        total += math.exp(0.3 * flat[i]) + flat[i] ** 2
+    return total
+
+
+def test_njit_loss_of_a_dict_theta_gets_the_flat_vector():
+    theta = {"W": THETA[:6].reshape(2, 3), "b": THETA[6:]}
+
+    def grad(p):
+        return {key: 0.3 * np.exp(0.3 * value) + 2 * value for key, value in p.items()}
+    assert fg.taylor_test(_dict_loss_njit, grad, theta, seed=2).verdict == "pass"
+
+    def negated_b(p):
+        return {**grad(p), "b": -grad(p)["b"]}
+    assert fg.taylor_test(_dict_loss_njit, negated_b, theta, seed=2).verdict == "fail"
+
+
+def test_plot_without_matplotlib_is_an_input_error(monkeypatch):
+    import sys
+    report = fg.taylor_test(quadratic, quadratic_grad, THETA, (A, C), seed=0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(fg.InputError, match="needs matplotlib"):
+        report.plot()
