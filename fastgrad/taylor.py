@@ -316,13 +316,13 @@ MAX_REMAINDERS = MAX_STEPS + 2 * WINDOW
 class _Ladder:
     """The remainders computed so far, by relative ε t."""
 
-    remainder: Callable[[float], tuple[float, float]]  # t -> (R, noise bound z·s)
-    points: dict[float, tuple[float, float]] = field(default_factory=dict)
+    remainder: Callable[[float], tuple[float, float, np.ndarray]]  # t -> (R, z·s, signed residual)
+    points: dict[float, tuple[float, float, np.ndarray]] = field(default_factory=dict)
 
     def trusted(self, t: float) -> bool:
         if t not in self.points:
             self.points[t] = self.remainder(t)
-        value, noise = self.points[t]
+        value, noise, _ = self.points[t]
         return bool(math.isfinite(value) and value > 0.0 and value >= 2.0 * noise)
 
 
@@ -392,7 +392,7 @@ def taylor_test(loss: Callable, grad, theta: Theta, args: tuple | list = (), *,
         detected = True
     z = noise_multiplier(MAX_REMAINDERS)
 
-    def remainder(t: float) -> tuple[float, float]:
+    def remainder(t: float) -> tuple[float, float, np.ndarray]:
         eps = t * scale
         point, taken = line.step(eps)
         value = np.atleast_1d(line.at(point))
@@ -400,7 +400,7 @@ def taylor_test(loss: Callable, grad, theta: Theta, args: tuple | list = (), *,
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             grown = np.where(f0 != 0, sigma * np.maximum(1.0, np.abs(value / f0)), sigma)
             noise = z * float(np.linalg.norm(np.hypot(sigma, grown)))
-            return float(np.linalg.norm(residual)), noise
+            return float(np.linalg.norm(residual)), noise, residual
 
     ladder = _Ladder(remainder)
     lowest = _lowest_trusted(ladder)
@@ -527,6 +527,8 @@ def _report(setup: _Setup, ladder: _Ladder, scale: float, derivative: _Derivativ
                 f"the rate {rate:.2f} ± {uncertainty:.2f} is lower than {expected}, but the remainder is "
                 f"above its noise only at steps beyond {START:g} of θ's size, where higher-order terms "
                 f"can bend it as much: too noisy to tell")
+        if verdict == "fail":
+            verdict, reason = _other_side(ladder, [ts[k] for k in window], scale, expected)
         if reason:
             notes.append(reason)
         notes += _resolution_notes(verdict, eps[window[0]], remainder[window[0]], derivative)
@@ -589,3 +591,38 @@ def _without_rate(trusted: np.ndarray, eps: np.ndarray, remainder: np.ndarray, n
                             f"derivative term is at most {bound:.2g} ({relative:.2g} relative"
                             + ("" if verdict == "pass" else f", above the {WRONG_ABOVE:g} needed to pass")
                             + ")")
+
+
+def _other_side(ladder: _Ladder, window: list[float], scale: float, expected: int) -> tuple[str, str | None]:
+    """A fail is confirmed at −ε (the window's points and one above it again: 4 or 5 evaluations).
+
+    For a smooth f with a wrong term δ, r(ε)/ε = −δ + C·ε and r(−ε)/(−ε) = −δ − C·ε: the rate
+    is lower at −ε too, and both slopes have the sign of −δ while |C·ε| < |δ| (where the rate
+    is near 1); likewise r(±ε)/(±ε)^p for a wrong term of order p (p = 2: a wrong hvp).  At a
+    kink of f at θ along h they are φ'₊ − ⟨g, h⟩ and φ'₋ − ⟨g, h⟩: of opposite signs when g lies
+    between the one-sided derivatives (a subgradient), and one of them ~0 (rate 2 on that side)
+    when g is one of them.  The fail stands only when the rate at −ε fails too and the two
+    slopes point the same way; otherwise the verdict is warn (a kink: no gradient).
+    """
+    ts = [*window, 2.0 * window[-1]]  # one more, should the lowest be in the noise at −ε
+    minus = [ladder.remainder(-t) for t in ts]
+    remainder = np.array([value for value, _, _ in minus])
+    noise = np.array([bound for _, bound, _ in minus])
+    kept = fitted_window(np.isfinite(remainder) & (remainder >= 2.0 * noise) & (remainder > 0))
+    if kept is None:
+        return "warn", ("the remainder falls at a lower rate for ε > 0 but is in the noise at −ε: f may "
+                        "not be smooth at θ along h")
+    eps = np.array(ts)[kept] * scale
+    rate, uncertainty = fit_rate(eps, remainder[kept], noise[kept])
+    lowest = ts[kept[0]]
+    if lowest not in ladder.points:
+        ladder.trusted(lowest)
+    order = min(range(1, expected), key=lambda p: abs(rate - p))  # the lower order it falls at
+    slope_plus = ladder.points[lowest][2] / eps[0] ** order
+    slope_minus = minus[kept[0]][2] / (-eps[0]) ** order
+    if judge_rate(rate, uncertainty, expected)[0] == "fail" and float(slope_plus @ slope_minus) > 0:
+        return "fail", None
+    signs = "opposite" if slope_plus @ slope_minus <= 0 else "the same"
+    return "warn", (f"the remainder falls at a lower rate for ε > 0, but at −ε at rate {rate:.2f} ± "
+                    f"{uncertainty:.2f} with slopes r(±ε)/±ε of {signs} signs: f has a kink at θ along h "
+                    f"(the one-sided derivatives differ) and no gradient exists there")

@@ -325,3 +325,20 @@ def test_plot_without_matplotlib_is_an_input_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(fg.InputError, match="needs matplotlib"):
         report.plot()
+
+
+def test_a_kink_at_theta_warns_and_a_wrong_slope_there_fails():
+    theta = np.array([0.0, 0.5, -0.3])  # |θ_0| has a kink at θ
+
+    def loss(t):
+        return float(abs(t[0]) + np.sum(t[1:] ** 2))
+
+    def subgradient(t):
+        return np.array([0.0, 2 * t[1], 2 * t[2]])  # between the one-sided slopes -1 and 1
+    direction = np.array([1.0, 0.3, 0.2])
+    report = fg.taylor_test(loss, subgradient, theta, direction=direction)
+    assert report.verdict == "warn" and "kink" in " ".join(report.notes), report
+
+    def outside(t):
+        return np.array([3.0, 2 * t[1], 2 * t[2]])  # outside [-1, 1]: wrong on both sides
+    assert fg.taylor_test(loss, outside, theta, direction=direction).verdict == "fail"
