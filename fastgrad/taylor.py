@@ -326,26 +326,31 @@ class _Ladder:
         value, noise, _ = self.points[t]
         return bool(math.isfinite(value) and value > 0.0 and value >= 2.0 * noise)
 
+    def finite(self, t: float) -> bool:
+        """Whether f was finite (and did not raise) at relative ε t, already evaluated."""
+        return math.isfinite(self.points[t][0])
+
 
 def _lowest_trusted(ladder: _Ladder) -> float | None:
     """Walk down from START by 1/COARSE until the remainder is in the noise twice in a row
-    (once may be a cancellation of two terms); if it is in the noise at START, walk up by
+    (once may be a cancellation of two terms; a non-finite value, f outside its domain at a
+    large step, does not count); if it is finite but in the noise at START, walk up by
     COARSE/2 to LARGEST.  The smallest relative ε with a trusted remainder, or None."""
-    if not ladder.trusted(START):
+    if not ladder.trusted(START) and ladder.finite(START):
         t = START
         while t * COARSE / 2 <= LARGEST:
             t *= COARSE / 2
             if ladder.trusted(t):
                 return t
-            if not math.isfinite(ladder.points[t][0]):
+            if not ladder.finite(t):
                 return None
         return None
-    lowest, t, in_noise = START, START, 0
+    lowest, t, in_noise = START if ladder.trusted(START) else None, START, 0
     for _ in range(MAX_STEPS):
         t /= COARSE
         if ladder.trusted(t):
             lowest, in_noise = t, 0
-        else:
+        elif ladder.finite(t):
             in_noise += 1
             if in_noise == 2:
                 break
@@ -397,7 +402,10 @@ def taylor_test(loss: Callable, grad, theta: Theta, args: tuple | list = (), *,
     def remainder(t: float) -> tuple[float, float, np.ndarray]:
         eps = t * scale
         point, taken = line.step(eps)
-        value = np.atleast_1d(line.at(point))
+        try:
+            value = np.atleast_1d(line.at(point))
+        except LossError:  # f raised at θ + εh (it did not at θ): outside its domain, as a NaN
+            return math.nan, math.nan, np.full(f0.size, math.nan)
         residual = value - f0 - derivative.linear(taken, eps) - derivative.quadratic * eps**2
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             grown = np.where(f0 != 0, sigma * np.maximum(1.0, np.abs(value / f0)), sigma)

@@ -342,3 +342,16 @@ def test_a_kink_at_theta_warns_and_a_wrong_slope_there_fails():
     def outside(t):
         return np.array([3.0, 2 * t[1], 2 * t[2]])  # outside [-1, 1]: wrong on both sides
     assert fg.taylor_test(loss, outside, theta, direction=direction).verdict == "fail"
+
+
+def test_a_loss_undefined_at_large_steps_is_walked_down_from():
+    theta = np.full(5, 0.01)  # log(θ + εh) is undefined for the first steps (relative 2^-5 of 1)
+
+    def loss(t):
+        if np.any(t <= 0):
+            raise ValueError("math domain error")
+        return float(np.sum(np.log(t)))
+    report = fg.taylor_test(loss, lambda t: 1.0 / t, theta, direction=-np.ones(5), seed=0)
+    assert report.verdict == "pass", report
+    assert any(math.isnan(row.remainder) for row in report.table)
+    assert fg.taylor_test(loss, lambda t: 1.001 / t, theta, direction=-np.ones(5)).verdict == "fail"
