@@ -256,6 +256,18 @@ def test_fit_and_judge_rules():
     assert judge_rate(1.5, 0.6, 2)[0] == "warn"  # both 1 and 2 within the uncertainty
     assert judge_rate(2.0, 0.2, 3)[0] == "fail" and judge_rate(1.0, 0.2, 3)[0] == "fail"
     assert judge_rate(-1.0, 0.2, 2)[0] == "warn"
+    assert judge_rate(2.5, 0.2, 2)[0] == "warn"  # between orders: not asymptotic
+    assert judge_rate(3.05, 0.2, 2) == ("pass", judge_rate(3.05, 0.2, 2)[1]) and "vanishes" in \
+        judge_rate(3.05, 0.2, 2)[1]
+
+
+def test_a_vanishing_quadratic_term_passes_at_rate_3():
+    def loss(t):  # along h = (1, 1) from 0: f = 2ε³ exactly, no ε² term
+        return float(np.sum(t**3) + np.sum(t))
+    report = fg.taylor_test(loss, lambda t: 3 * t**2 + 1, np.zeros(2), direction=np.ones(2))
+    assert report.verdict == "pass" and abs(report.rate - 3) <= report.rate_uncertainty, report
+    assert fg.taylor_test(loss, lambda t: 3 * t**2 + 1.001, np.zeros(2), direction=np.ones(2)).verdict \
+        == "fail"
 
 
 @settings(max_examples=25, deadline=None)
