@@ -36,7 +36,15 @@ from . import _validation as validate
 from .analysis import WRONG_ABOVE
 from .engine.compiled import is_compiled
 from .errors import InputError, LossError, describe
-from .noise import DEFAULT_POINTS, default_step, ecnoise, estimate_noise, noise_bound, random_direction
+from .noise import (
+    DEFAULT_POINTS,
+    NOISE_DETECTED,
+    default_step,
+    ecnoise,
+    estimate_noise,
+    noise_bound,
+    random_direction,
+)
 from .parameters import ParameterLayout, Theta
 from .report import _strict_json
 from .sampling import generators
@@ -308,7 +316,7 @@ def vector_noise(line: _Line, f0: np.ndarray, h_unit: np.ndarray) -> np.ndarray:
     for j in range(f0.size):
         column = values[:, j]
         level, code = ecnoise(column)
-        if code != 1:
+        if code != NOISE_DETECTED:
             level = noise_bound(column) if np.all(np.isfinite(column)) else 0.0
         sigma[j] = max(level, floor[j])
     return sigma
@@ -401,6 +409,10 @@ def taylor_test(loss: Callable, grad, theta: Theta, args: tuple | list = (), *,
         detected, unit = estimate.detected, float(np.finfo(estimate.values_dtype).eps)
     else:
         f0 = line.at(setup.flat.copy())
+        given = derivative.linear(np.zeros(0), 1.0).size  # J·h: the step is not used
+        if given != f0.size:
+            raise LossError(f"jvp returned {given} values, the function {f0.size}: J·v must have the "
+                            f"function's output structure")
         sigma = vector_noise(line, f0, h * scale)
         detected, unit = True, float(np.finfo(setup.layout.dtype).eps)
     z = noise_multiplier(MAX_REMAINDERS)
@@ -412,6 +424,8 @@ def taylor_test(loss: Callable, grad, theta: Theta, args: tuple | list = (), *,
             value = np.atleast_1d(line.at(point))
         except LossError:  # f raised at θ + εh (it did not at θ): outside its domain, as a NaN
             return math.nan, math.nan, np.full(f0.size, math.nan)
+        if value.size != f0.size:
+            raise LossError(f"the function returned {value.size} values at θ + εh, {f0.size} at θ")
         residual = value - f0 - derivative.linear(taken, eps) - derivative.quadratic * eps**2
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             grown = np.maximum(np.where(f0 != 0, sigma * np.maximum(1.0, np.abs(value / f0)), sigma),

@@ -367,3 +367,8 @@ def test_a_loss_undefined_at_large_steps_is_walked_down_from():
     assert report.verdict == "pass", report
     assert any(math.isnan(row.remainder) for row in report.table)
     assert fg.taylor_test(loss, lambda t: 1.001 / t, theta, direction=-np.ones(5)).verdict == "fail"
+
+
+def test_a_jvp_of_the_wrong_size_is_a_loss_error():
+    with pytest.raises(fg.LossError, match="jvp returned 2 values"):
+        fg.taylor_test(lambda x: np.sin(x), None, THETA, jvp=lambda x, v: v[:2], seed=0)
