@@ -13,6 +13,7 @@ from .products import ProductReport, check_hvp, check_jvp, check_vjp
 from .report import Report
 from .sampling import Coverage, generators, sample_coordinates
 from .scan import StepScan, step_scan
+from .taylor import TaylorReport, taylor_test
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,7 @@ __all__ = [
     "ProductReport",
     "Report",
     "StepScan",
+    "TaylorReport",
     "__version__",
     "assert_gradient",
     "check",
@@ -54,4 +56,5 @@ __all__ = [
     "numerical_gradient",
     "plan_sample",
     "step_scan",
+    "taylor_test",
 ]
