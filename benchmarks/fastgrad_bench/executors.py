@@ -5,15 +5,21 @@ each executor costs per chunk beyond the loss's own time.
 The process pool and the cluster are started and warmed with a check outside the timings
 (a pool starts once per Python process, a cluster runs apart); so is each worker's first
 call of the loss (~0.4 s here: its imports and Numba's cache), which a script pays once.
-Parallel efficiency E = 2n·T_f / (P·T): T_f is one NumPy loss call from Python with BLAS
-held to one thread (the setting every worker runs with; the faster one on this machine,
-see ``blas_oversubscription.py``), P the workers, T the check's wall time.  The cost per
+Parallel efficiency E = 2n·T_f / (P·T): T_f is the mean time of a NumPy loss call from
+Python with BLAS held to one thread (the setting every worker runs with; the faster one on
+this machine, see ``blas_oversubscription.py``), P the workers, T the check's wall time.
+The mean, not the median: 2n calls take 2n times the mean of a skewed distribution (the
+NumPy MLP at n = 9,610: median 38.2 µs, mean 39.6 µs over a loop of 20,000 calls, and
+the median of single calls understates the serial work by 4-8 %); the median is recorded
+beside it (``t_f_median_s``).  The cost per
 chunk is (P·T_batches − E_evals·T_f) / chunks, where T_batches is the time the check spent
 in its executor's batches and E_evals its evaluations: the seconds of a worker that a chunk
 costs besides its evaluations (transfers, scheduling, dispatch, the model's first arrival).
 """
 
 from __future__ import annotations
+
+import time
 
 from fastgrad.api import check
 from fastgrad.engine import available_cores
@@ -30,8 +36,25 @@ TARGET_CLUSTER_EFFICIENCY = 0.75  # a LocalCluster of 2 worker processes, n ≈ 
 TARGET_THREADS_EFFICIENCY = 0.85  # a compiled loss on threads, n ≈ 10^4
 
 
+#: The mean time of a loss call is taken over a loop of at least this many seconds.
+MEAN_OVER_SECONDS = 1.0
+
+
 def numpy_loss_seconds(problem, calls: int) -> float:
-    """T_f of ``mlp.loss_numpy`` (see :func:`.scaling.loss_seconds`), BLAS on one thread."""
+    """T_f of ``mlp.loss_numpy``, BLAS on one thread: the mean time of a call over a loop of
+    at least ``calls`` calls and MEAN_OVER_SECONDS, after one call to warm up."""
+    theta, args = problem.theta, (problem.X, problem.Y)
+    with limit_blas_threads(1):
+        mlp.loss_numpy(theta, *args)
+        done, started = 0, time.perf_counter()
+        while done < calls or time.perf_counter() - started < MEAN_OVER_SECONDS:
+            mlp.loss_numpy(theta, *args)
+            done += 1
+        return (time.perf_counter() - started) / done
+
+
+def numpy_loss_median_seconds(problem, calls: int) -> float:
+    """The median of ``calls`` single calls (see :func:`.scaling.loss_seconds`), BLAS on one thread."""
     with limit_blas_threads(1):
         return loss_seconds(problem, calls, mlp.loss_numpy)
 
@@ -64,7 +87,8 @@ def measure_executors(sizes: Sizes) -> Section:
     for number, shape in enumerate(shapes):
         problem = mlp.problem(*shape, m=sizes.m)
         t_f = numpy_loss_seconds(problem, sizes.single_calls)
-        row = {"n": problem.n, "shape": shape, "t_f_s": t_f}
+        row = {"n": problem.n, "shape": shape, "t_f_s": t_f,
+               "t_f_median_s": numpy_loss_median_seconds(problem, sizes.single_calls)}
         if number == 0:  # start the pool; each worker's first call of the loss (its imports)
             check(mlp.loss_numpy, _flat_grad(problem), problem.theta, (problem.X, problem.Y),
                   executor="processes", workers=workers)
