@@ -230,9 +230,8 @@ def _transpose(e: GroupEntries) -> Cause | None:
     if len(e.shape) != 2 or min(e.shape) < 2:
         return None
     rows, cols = e.shape
-    laid_out = e.on_grid(e.numerical).T.reshape(rows, cols) if rows != cols else e.on_grid(e.numerical).T
-    bound = e.on_grid(e.allowed).T.reshape(rows, cols) if rows != cols else e.on_grid(e.allowed).T
-    return _matches(e, laid_out.ravel(), bound.ravel(), "transpose",
+    # Dᵀ read in C order is Dᵀ laid out in the group's shape (square or not)
+    return _matches(e, e.on_grid(e.numerical).T.ravel(), e.on_grid(e.allowed).T.ravel(), "transpose",
                     f"{e.name}: analytic = numerical transposed"
                     + ("" if rows == cols else f" ({cols}×{rows}, laid out as {rows}×{cols})")
                     + " on {explained}: a transpose missing or extra?", {})
