@@ -10,7 +10,7 @@ from .jacobian import JacobianReport, check_hessian, check_jacobian
 from .monitor import GradientCheckWarning, Monitor
 from .parameters import Sample, Theta
 from .products import ProductReport, check_hvp, check_jvp, check_vjp
-from .report import Report
+from .report import CheckReport, Report
 from .sampling import Coverage, generators, sample_coordinates
 from .scan import StepScan, step_scan
 from .taylor import TaylorReport, taylor_test
@@ -33,6 +33,7 @@ def plan_sample(theta: Theta, *, sample: Sample | None = None,
     return sample_coordinates(layout, sample=sample, detect=detect, seed=generators(seed)[0])
 
 __all__ = [
+    "CheckReport",
     "Coverage",
     "GradientCheckError",
     "GradientCheckWarning",

@@ -52,7 +52,7 @@ from .methods import CENTRAL
 from .noise import default_step, random_direction
 from .parameters import ParameterLayout
 from .plan import nominal_steps, require_representable_steps
-from .report import _strict_json
+from .report import CheckReport, strict_dict
 from .sampling import generators
 
 #: ECnoise's stencil: F at x + j·δ·p, j = −4..4 (9 values, 8 evaluations).
@@ -81,7 +81,7 @@ class EntryResult:
 
 
 @dataclass(frozen=True)
-class JacobianReport:
+class JacobianReport(CheckReport):
     """The outcome of :func:`check_jacobian` or :func:`check_hessian`."""
 
     kind: str  # "jacobian" or "hessian"
@@ -101,27 +101,22 @@ class JacobianReport:
     directions: int  # random dense directions checked
     relative_error: float  # ‖D − J‖ / (‖D‖ + ‖J‖) over the pattern's entries
 
-    @property
-    def passed(self) -> bool:
-        return self.verdict != "fail"
-
     def to_dict(self) -> dict:
         """Every field in strict JSON types; a ``"non_finite"`` map as :meth:`Report.to_dict`."""
-        non_finite: dict[str, str] = {}
-        data = _strict_json({**{k: v for k, v in self.__dict__.items() if k != "worst"},
-                             "passed": self.passed, "worst": [e.to_dict() for e in self.worst]},
-                            "", non_finite)
-        return {**data, "non_finite": non_finite}
+        return strict_dict({**{k: v for k, v in self.__dict__.items() if k != "worst"},
+                            "passed": self.passed, "worst": [e.to_dict() for e in self.worst]})
+
+    def summary(self) -> str:
+        m, n = self.shape
+        return (f"{m} x {n} {self.kind}, pattern {self.pattern}: {self.groups} pairs of evaluations, "
+                f"{self.directions} random direction(s), {self.evaluations} evaluations in "
+                f"{self.seconds:.3g} s; {self.judged} differences judged, {self.failing} disagree, "
+                f"{self.missing} missing entries"
+                + (f", {self.asymmetric} asymmetric pairs" if self.kind == "hessian" else "")
+                + f"; relative error {self.relative_error:.2e}")
 
     def __str__(self) -> str:
-        m, n = self.shape
-        lines = [f"{self.kind} check: {self.verdict.upper()}",
-                 f"{m} x {n} {self.kind}, pattern {self.pattern}: {self.groups} pairs of evaluations, "
-                 f"{self.directions} random direction(s), {self.evaluations} evaluations in "
-                 f"{self.seconds:.3g} s; {self.judged} differences judged, {self.failing} disagree, "
-                 f"{self.missing} missing entries"
-                 + (f", {self.asymmetric} asymmetric pairs" if self.kind == "hessian" else ""),
-                 f"relative error {self.relative_error:.2e}"]
+        lines = [f"{self.kind} check: {self.verdict.upper()}", self.summary()]
         lines += [f"note: {note}" for note in self.notes]
         if self.worst:
             rows = [[e.label, e.what, f"{e.difference:+.3e}", f"{e.allowed:.3e}", f"{e.score:.3g}"]

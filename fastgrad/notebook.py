@@ -101,3 +101,18 @@ def step_scan_html(scan) -> str:
                f"smallest error per coordinate in bold, the default step {scan.default_step:.1e} "
                "highlighted")
     return block(f"<div>{escape(caption)}</div>", _table_markup(head, body))
+
+
+def check_html(report, *tables: str, worst: bool = True) -> str:
+    """Any :class:`~fastgrad.report.CheckReport` as HTML: the verdict with its summary, the
+    given ``tables`` (already marked up), the worst entries (each row red when its score
+    exceeds 1) unless ``worst=False``, and the notes."""
+    entries = report.worst if worst else []
+    kinds = [getattr(entry, "what", "") for entry in entries]
+    rows = table(["entry", *(["kind"] if any(kinds) else []), "difference", "allowed", "score"],
+                 [[e.label, *([kind] if any(kinds) else []), f"{e.difference:+.3e}", f"{e.allowed:.3e}",
+                   f"{e.score:.3g}"] for e, kind in zip(entries, kinds, strict=True)],
+                 ["fail" if e.score > 1 else "ok" for e in entries])
+    return block(badge(report.verdict, report.summary()), *tables,
+                 ('<div style="margin-top:4px"><b>worst entries</b></div>' + rows) if entries else "",
+                 lines(list(report.notes), "notes"))

@@ -40,9 +40,14 @@ class CoordinateResult:
     status: str  # "ok", "fail", "kink" (agrees with a one-sided derivative at a kink) or
     # "unresolved" (agrees with a one-sided derivative, no kink resolved: a warning)
 
+    @property
+    def allowed(self) -> float:
+        """The report core's name of ``error_estimate``."""
+        return self.error_estimate
+
     def to_dict(self) -> dict:
-        """The fields, the index as a list."""
-        return {**self.__dict__, "index": list(self.index)}
+        """The fields, the index as a list, and ``allowed`` (= ``error_estimate``)."""
+        return {**self.__dict__, "index": list(self.index), "allowed": self.error_estimate}
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,55 @@ class CheckedCoordinates:
         return np.where(self.kink, "kink", np.where(self.unresolved, "unresolved", ""))
 
 
+class CheckReport:
+    """The core every fastgrad report shares, whatever it checked.
+
+    ``kind`` names the check ("gradient", "vjp", "jvp", "hvp", "jacobian", "hessian",
+    "taylor"); ``verdict`` is "pass", "warn" or "fail" and ``passed`` False only on "fail";
+    ``evaluations`` counts the calls of the function differenced and ``seconds`` the wall
+    time; ``worst`` lists the worst entries, each with ``label``, ``difference``,
+    ``allowed`` (the largest difference the entry's own finite-difference error explains,
+    same units) and ``score`` = |difference| / allowed, above 1 a disagreement; ``seed``
+    reproduces the random choices and ``notes`` says what else the reader should know.
+    ``str()`` is the text report, :meth:`to_dict` strict JSON, ``_repr_html_`` the notebook
+    view.
+    """
+
+    kind: str
+    verdict: str
+    evaluations: int
+    seconds: float
+    seed: int | None
+    notes: list[str]
+
+    @property
+    def passed(self) -> bool:
+        """False only on "fail"."""
+        return self.verdict != "fail"
+
+    def summary(self) -> str:
+        """One line under the verdict: what was checked, at what cost."""
+        return f"{self.kind} check, {self.evaluations:,} evaluations in {self.seconds:.2f} s"
+
+    def _repr_html_(self) -> str:
+        """The report in a notebook: the verdict, the summary, the worst entries, coloured."""
+        from .notebook import check_html
+
+        return check_html(self)
+
+
+def strict_dict(data: dict) -> dict:
+    """``data`` in strict JSON types, which ``json.dumps(..., allow_nan=False)`` accepts.
+
+    Each non-finite figure becomes None, and ``"non_finite"`` maps its path (``"noise"``,
+    ``"groups[0].max_score"``) to what it was ("nan", "inf" or "-inf").
+    """
+    non_finite: dict[str, str] = {}
+    return {**_strict_json(data, "", non_finite), "non_finite": non_finite}
+
+
 @dataclass
-class Report:
+class Report(CheckReport):
     """The outcome of :func:`fastgrad.check`.
 
     ``verdict`` is "pass", "warn" or "fail"; ``passed`` is False only on "fail".
@@ -128,11 +180,7 @@ class Report:
     timings: dict = field(default_factory=dict)  # seconds: "noise", "coordinates",
     # "directions" (the stages) and "batches" (inside the executor's batches, of them all)
     screen: dict | None = None  # a screening method's first pass (derivatives.Screen's fields)
-
-    @property
-    def passed(self) -> bool:
-        """False only on "fail"."""
-        return self.verdict != "fail"
+    kind: str = "gradient"
 
     @cached_property
     def groups(self) -> list[GroupResult]:
@@ -191,8 +239,7 @@ class Report:
         """
         structured = ("details", "notes", "coverage", "directions", "localisation", "jittered")
         scalars = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in structured}
-        non_finite: dict[str, str] = {}
-        data = _strict_json({
+        return strict_dict({
             **scalars,
             "passed": self.passed,
             "band": self.band,
@@ -204,8 +251,7 @@ class Report:
             "directions": [d.to_dict() for d in self.directions],
             "localisation": self.localisation,
             "jittered": None if self.jittered is None else self.jittered.to_dict(),
-        }, "", non_finite)
-        return {**data, "non_finite": non_finite}
+        })
 
     def plot(self, groups: list[str] | None = None):
         """Draw the check: per group, analytic against numerical, and the scores.

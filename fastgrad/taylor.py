@@ -48,7 +48,7 @@ from .noise import (
 )
 from .parameters import ParameterLayout, Theta
 from .plotting import pyplot
-from .report import _strict_json
+from .report import CheckReport, strict_dict
 from .sampling import generators
 
 #: The first ε, relative to θ's size (‖ε·h‖₂ = ε·rms(max(1, |θ_i|))), and the largest at which a
@@ -99,7 +99,7 @@ class RateEntry(_Record):
 
 
 @dataclass(frozen=True)
-class TaylorReport:
+class TaylorReport(CheckReport):
     """The outcome of :func:`taylor_test`.
 
     ``rate`` is the log-log least-squares slope over the fitted window, ``rate_uncertainty``
@@ -127,23 +127,32 @@ class TaylorReport:
     norm: str | None = None  # the norm of the output's remainder with jvp=
     direction_norm: float = field(default=float("nan"))  # ‖h‖₂
 
-    @property
-    def passed(self) -> bool:
-        return self.verdict != "fail"
-
     def to_dict(self) -> dict:
         """Every field in strict JSON types; a ``"non_finite"`` map as :meth:`Report.to_dict`."""
-        non_finite: dict[str, str] = {}
-        data = _strict_json({**{k: v for k, v in self.__dict__.items() if k not in ("worst", "table")},
-                             "passed": self.passed, "worst": [e.to_dict() for e in self.worst],
-                             "table": [row.to_dict() for row in self.table]}, "", non_finite)
-        return {**data, "non_finite": non_finite}
+        return strict_dict({**{k: v for k, v in self.__dict__.items() if k not in ("worst", "table")},
+                            "passed": self.passed, "worst": [e.to_dict() for e in self.worst],
+                            "table": [row.to_dict() for row in self.table]})
+
+    def summary(self) -> str:
+        return (f"{self.checked} along a direction of norm {self.direction_norm:.3g}: rate "
+                f"{self.rate:.3f} ± {self.rate_uncertainty:.3f} (expected {self.expected_rate}), "
+                f"{self.evaluations} evaluations in {self.seconds:.3g} s, noise σ = {self.noise:.3g}")
+
+    def _repr_html_(self) -> str:
+        """The verdict, the fitted rate, and the table of ε, remainder, noise bound and local
+        rate: the fitted rows in the verdict's colour, rows in the noise grey."""
+        from .notebook import check_html, table
+
+        return check_html(self, table(
+            ["epsilon", "remainder", "noise bound", "local rate", ""],
+            [[f"{r.epsilon:.3e}", f"{r.remainder:.3e}", f"{r.noise:.2e}",
+              f"{r.rate:.3f}" if math.isfinite(r.rate) else "",
+              "fitted" if r.fitted else ("" if r.trusted else "in noise")] for r in self.table],
+            [self.verdict if r.fitted else ("" if r.trusted else "unchecked") for r in self.table]),
+            worst=False)
 
     def __str__(self) -> str:
-        lines = [f"taylor check: {self.verdict.upper()}",
-                 f"{self.checked} along a direction of norm {self.direction_norm:.3g}: rate "
-                 f"{self.rate:.3f} ± {self.rate_uncertainty:.3f} (expected {self.expected_rate}), "
-                 f"{self.evaluations} evaluations in {self.seconds:.3g} s, noise σ = {self.noise:.3g}"]
+        lines = [f"taylor check: {self.verdict.upper()}", self.summary()]
         lines += [f"note: {note}" for note in self.notes]
         header = ["epsilon", "remainder", "noise", "rate", ""]
         rows = [[f"{r.epsilon:.3e}", f"{r.remainder:.3e}", f"{r.noise:.2e}", f"{r.rate:.3f}",

@@ -80,7 +80,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_the_html_renders_in_a_headless_browser(reports, tmp_path):
     _, bad = reports
     page = tmp_path / "report.html"
-    page.write_text(f"<!DOCTYPE html><html><body>{bad._repr_html_()}</body></html>", encoding="utf-8")
+    theta = np.array([0.3, -1.2, 0.8])
+    taylor = fg.taylor_test(lambda t: float(np.sum(np.sin(t))), np.cos, theta, seed=0)
+    scan = fg.step_scan(lambda t: float(np.sum(np.sin(t))), theta, [0], grad=np.cos(theta))
+    body = bad._repr_html_() + taylor._repr_html_() + scan._repr_html_()
+    page.write_text(f"<!DOCTYPE html><html><body>{body}</body></html>", encoding="utf-8")
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--screenshot={shot}", "--window-size=1000,700", page.as_uri()],

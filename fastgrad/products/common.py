@@ -19,7 +19,7 @@ from .. import _validation as validate
 from ..engine.compiled import is_compiled
 from ..errors import InputError, LossError, describe
 from ..parameters import Group, ParameterLayout
-from ..report import _strict_json, _table
+from ..report import CheckReport, _table, strict_dict
 from ..sampling import check_entropy, stream
 from ..verdict import worse
 
@@ -65,7 +65,7 @@ class ProductSummary:
 
 
 @dataclass(frozen=True)
-class ProductReport:
+class ProductReport(CheckReport):
     """The outcome of :func:`fastgrad.check_vjp`, :func:`fastgrad.check_jvp` or
     :func:`fastgrad.check_hvp`; ``passed`` is False only on "fail".
 
@@ -86,24 +86,31 @@ class ProductReport:
     notes: list[str] = field(default_factory=list)
     reports: list = field(default_factory=list, repr=False)  # per-cotangent Reports (vjp)
 
-    @property
-    def passed(self) -> bool:
-        """False only on "fail"."""
-        return self.verdict != "fail"
-
     def to_dict(self) -> dict:
         """Strict-JSON types: a non-finite figure becomes None, its path and value kept in
         ``"non_finite"`` (as :meth:`fastgrad.Report.to_dict`)."""
-        non_finite: dict[str, str] = {}
-        data = _strict_json({
+        return strict_dict({
             "kind": self.kind, "verdict": self.verdict, "passed": self.passed,
             "evaluations": self.evaluations, "seconds": self.seconds, "size": self.size,
             "outputs": self.outputs, "seed": self.seed, "notes": list(self.notes),
             "worst": [entry.to_dict() for entry in self.worst],
             "products": [product.to_dict() for product in self.products],
             "reports": [report.to_dict() for report in self.reports],
-        }, "", non_finite)
-        return {**data, "non_finite": non_finite}
+        })
+
+    def summary(self) -> str:
+        return (f"{len(self.products)} product(s), {self.size:,} inputs, {self.outputs:,} outputs, "
+                f"{self.evaluations:,} evaluations, {self.seconds:.2f} s"
+                + (f", seed={self.seed}" if self.seed is not None else ""))
+
+    def _repr_html_(self) -> str:
+        """The verdict, the summary, one row per product and the worst entries, coloured."""
+        from ..notebook import check_html, table
+
+        return check_html(self, table(
+            ["product", "verdict", "failed", "max score", "rel. error"],
+            [[p.label, p.verdict, f"{p.failed:,} of {p.checked:,}", f"{p.max_score:.3g}",
+              f"{p.relative_error:.2e}"] for p in self.products], [p.verdict for p in self.products]))
 
     def __str__(self) -> str:
         what = {"vjp": "vector-Jacobian products J^T u", "jvp": "Jacobian-vector products J v",
@@ -112,10 +119,7 @@ class ProductReport:
                     "warn": "WARN  nothing disagrees, but the check is not conclusive for the {}",
                     "fail": "FAIL  the given {} disagree with the finite differences beyond "
                             "their error"}[self.verdict].format(what)
-        lines = [headline,
-                 f"checked         {len(self.products)} product(s), {self.size:,} inputs, "
-                 f"{self.outputs:,} outputs, {self.evaluations:,} evaluations, {self.seconds:.2f} s"
-                 + (f", seed={self.seed}" if self.seed is not None else ""),
+        lines = [headline, f"checked         {self.summary()}",
                  _table(["product", "verdict", "failed", "max score", "rel. error"],
                         [[p.label, p.verdict, f"{p.failed:,} of {p.checked:,}", f"{p.max_score:.3g}",
                           f"{p.relative_error:.2e}"] for p in self.products])]
