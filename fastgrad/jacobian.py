@@ -49,7 +49,7 @@ from .engine.vector import Groups, OutputLayout, make_vector_evaluator
 from .errors import InputError, LossError, describe
 from .grouping import Pattern, group_columns, is_linear_operator, is_sparse, pattern_of
 from .methods import CENTRAL
-from .noise import default_step, random_direction
+from .noise import default_step, ecnoise_columns, pair_noise, random_direction
 from .parameters import ParameterLayout
 from .plan import nominal_steps, require_representable_steps
 from .report import CheckReport, strict_dict
@@ -262,46 +262,11 @@ def _require_columns(columns: int, n: int) -> None:
 
 # ----------------------------------------------------------------------------- the noise
 def element_noise(values: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """ECnoise (:func:`fastgrad.noise.ecnoise`) for each column of ``values`` (nf × m, F at
-    x + (j − ⌊nf/2⌋)·δ·p): (σ_i, detected_i).  σ_k = √(γ_k·mean (Δ^k F)²), γ_k = 1/C(2k, k);
-    detected where the spread ≤ 0.1·max|F|, under half the first differences are 0, and
-    three consecutive levels k..k+2 (k ≤ nf − 3, Δ^k changing sign) agree within a factor 4;
-    else σ = min_{k ≤ nf−3} σ_k, which errs large (by the smooth part).  Never below u·|F_i(x)|.
-    """
-    nf, m = values.shape
-    scale = np.max(np.abs(values), axis=0)
-    scale = np.where((scale > 0) & np.isfinite(scale), np.ldexp(1.0, np.frexp(scale)[1] - 1), 1.0)
-    scaled = values / scale
-    largest, smallest = scaled.max(axis=0), scaled.min(axis=0)
-    spread_ok = largest - smallest <= 0.1 * np.maximum(np.abs(largest), np.abs(smallest))
-    varies = 2 * np.sum(np.diff(scaled, axis=0) == 0.0, axis=0) < nf
-    levels, sign_change, diff = [], [], scaled
-    for order in range(1, nf):
-        diff = np.diff(diff, axis=0)
-        levels.append(np.sqrt(np.mean(diff * diff, axis=0) / math.comb(2 * order, order)))
-        sign_change.append(diff.min(axis=0) * diff.max(axis=0) < 0.0)
-    level = np.array(levels)
-    sigma = level[: nf - 3].min(axis=0)
-    detected = np.zeros(m, dtype=bool)
-    for k in range(nf - 3, 0, -1):  # from the highest order down: the lowest that agrees wins
-        window = level[k - 1:k + 2]
-        agree = sign_change[k - 1] & (window.max(axis=0) <= 4.0 * window.min(axis=0))
-        sigma = np.where(agree, level[k - 1], sigma)
-        detected |= agree
-    detected &= spread_ok & varies
-    centre = values[nf // 2]
-    floor = float(np.finfo(dtype).eps) * np.abs(centre)
-    return np.maximum(sigma * scale, floor), detected
-
-
-def pair_noise(sigma: np.ndarray, centre: np.ndarray, plus: np.ndarray, minus: np.ndarray,
-               dtype) -> np.ndarray:
-    """Noise of each value of a pair: max(u·max|F±|, σ·max(1, G)), G = max|F±|/|F(x)| where
-    F+, F(x), F− share a sign (:func:`fastgrad.analysis.evaluation_noise`, per element)."""
-    largest = np.maximum(np.abs(plus), np.abs(minus))
-    one_sign = ((plus > 0) & (minus > 0) & (centre > 0)) | ((plus < 0) & (minus < 0) & (centre < 0))
-    growth = np.where(one_sign, largest / np.where(centre != 0, np.abs(centre), 1.0), 1.0)
-    return np.maximum(float(np.finfo(dtype).eps) * largest, sigma * np.maximum(growth, 1.0))
+    """ECnoise for each column of ``values`` (nf × m, F at x + (j − ⌊nf/2⌋)·δ·p):
+    (σ_i, detected_i) by :func:`fastgrad.noise.ecnoise_columns`, never below u·|F_i(x)|."""
+    sigma, detected = ecnoise_columns(values)
+    floor = float(np.finfo(dtype).eps) * np.abs(values[values.shape[0] // 2])
+    return np.maximum(sigma, floor), detected
 
 
 # ----------------------------------------------------------------------------- the check
@@ -535,7 +500,7 @@ def _judge(setup: _Setup, run: Engine, plan: _Plan, rows: np.ndarray, t: float, 
     cols, deltas, segments = _displacements(setup.flat, plan.groups, rows, t)
     given = setup.given
     predicted = given.products(cols, deltas, segments)
-    noise = pair_noise(sigma, centre, out[:, 0, :], out[:, 1, :], dtype)
+    noise = pair_noise(sigma, centre, out[:, 0, :], out[:, 1, :], float(np.finfo(dtype).eps))
     rounding = math.sqrt(2.0) * noise
     largest = np.maximum.reduceat(np.abs(deltas), segments[:-1]) if deltas.size else np.zeros(0)
     if given.kind == "operator":

@@ -166,6 +166,50 @@ def noise_bound(fvals: np.ndarray) -> float:
     return float(levels[: fvals.size - 3].min())
 
 
+def ecnoise_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(σ, detected) of each column of a finite (nf, m) table, by ECnoise's rules
+    (:func:`fastgrad.noise.ecnoise`), vectorised; undetected: the bound of
+    :func:`fastgrad.noise.noise_bound` (spread or no agreement, code 3), 0 (code 2).
+    Scale-safe as :func:`fastgrad.noise.noise_levels`: differences of F/s, s a power of 2."""
+    count = table.shape[0]
+    largest = np.abs(table).max(axis=0)
+    _, exponent = np.frexp(largest)
+    scale = np.where(largest > 0, np.ldexp(1.0, exponent - 1), 1.0)
+    values = table / scale
+    high, low = values.max(axis=0), values.min(axis=0)
+    spread = high - low > MAX_SPREAD * np.maximum(np.abs(high), np.abs(low))
+    too_small = 2 * (values[1:] == values[:-1]).sum(axis=0) >= count
+    levels, changes = [], []
+    differences = values
+    for order in range(1, count):
+        differences = np.diff(differences, axis=0)
+        levels.append(np.sqrt((differences ** 2).mean(axis=0) / math.comb(2 * order, order)))
+        changes.append(differences.min(axis=0) * differences.max(axis=0) < 0)
+    level, change = np.array(levels), np.array(changes)
+    sigma = np.zeros(table.shape[1])
+    found = np.zeros(table.shape[1], dtype=bool)
+    for k in range(count - 3):
+        window = level[k:k + 3]
+        agrees = change[k] & (window.max(axis=0) <= AGREEMENT * window.min(axis=0)) & ~found
+        sigma[agrees] = level[k][agrees]
+        found |= agrees
+    detected = found & ~spread & ~too_small
+    bound = level[: count - 3].min(axis=0)
+    sigma = np.where(detected, sigma, np.where(too_small & ~spread, 0.0, bound))
+    return sigma * scale, detected
+
+
+def pair_noise(sigma: np.ndarray, centre: np.ndarray, plus: np.ndarray, minus: np.ndarray,
+               unit: float) -> np.ndarray:
+    """Noise of each element of a pair F(x ± t): max(u·max|F±|, σ·max(1, G)) (units of F),
+    G = max|F±| / |F(x)| where F+, F(x), F− share a sign: per element, what
+    :func:`fastgrad.analysis.evaluation_noise` is for a scalar (noise that scales with |F|)."""
+    largest = np.maximum(np.abs(plus), np.abs(minus))
+    one_sign = ((plus > 0) & (minus > 0) & (centre > 0)) | ((plus < 0) & (minus < 0) & (centre < 0))
+    growth = np.where(one_sign, largest / np.where(centre != 0, np.abs(centre), 1.0), 1.0)
+    return np.maximum(unit * largest, sigma * np.maximum(growth, 1.0))
+
+
 def default_step(dtype) -> float:
     """δ = √u for the working dtype: 1.5e-8 in float64, 3.5e-4 in float32.
 

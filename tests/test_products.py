@@ -431,8 +431,7 @@ def test_compiled_fun_of_a_dict_x_gets_the_flat_vector_and_its_keywords():
 
 def test_columnwise_ecnoise_matches_fastgrads_ecnoise():
     """Vectorised over the columns, the same σ and detection as fastgrad.noise.ecnoise."""
-    from fastgrad.noise import ecnoise, noise_bound
-    from fastgrad.products.jvp import ecnoise_columns
+    from fastgrad.noise import ecnoise, ecnoise_columns, noise_bound
 
     rng = np.random.default_rng(0)
     steps = np.arange(-4, 5)[:, None]

@@ -37,7 +37,14 @@ from .. import _validation as validate
 from .. import analysis
 from ..errors import LossError
 from ..methods import CENTRAL
-from ..noise import AGREEMENT, DEFAULT_POINTS, MAX_SPREAD, STEP_FACTOR, default_step, random_direction
+from ..noise import (
+    DEFAULT_POINTS,
+    STEP_FACTOR,
+    default_step,
+    ecnoise_columns,
+    pair_noise,
+    random_direction,
+)
 from ..parameters import ARRAY_GROUP, ParameterLayout
 from ..pipeline import NOISE_SEED
 from ..verdict import zero_within_error
@@ -216,13 +223,8 @@ class ElementNoise:
     unit: float  # u of the output's precision
 
     def at(self, f_plus: np.ndarray, f_minus: np.ndarray) -> np.ndarray:
-        """σ_i at a pair: max(u·max|F_±|, σ_i·max(1, G_i)), G_i = max|F_±| / |F_i(x)| where
-        F_i(x_+), F_i(x), F_i(x_-) share a sign (:func:`fastgrad.analysis.evaluation_noise`)."""
-        largest = np.maximum(np.abs(f_plus), np.abs(f_minus))
-        one_sign = ((self.f0 > 0) & (f_plus > 0) & (f_minus > 0)) \
-            | ((self.f0 < 0) & (f_plus < 0) & (f_minus < 0))
-        growth = np.where(one_sign, largest / np.where(self.f0 != 0, np.abs(self.f0), 1.0), 1.0)
-        return np.maximum(self.unit * largest, self.sigma * np.maximum(growth, 1.0))
+        """σ_i at a pair (:func:`fastgrad.noise.pair_noise`)."""
+        return pair_noise(self.sigma, self.f0, f_plus, f_minus, self.unit)
 
 
 #: The second table's step, in units of the first's (ECnoise's factor between tries,
@@ -280,39 +282,6 @@ def _table(function: Function, x: np.ndarray, out_layout: ParameterLayout, f0: n
         rows.append(flat_values(out_layout, function(point, "near x (noise estimate)"),
                                 "fun's value near x (noise estimate)"))
     return np.array(rows)
-
-
-def ecnoise_columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(σ, detected) of each column of a finite (nf, m) table, by ECnoise's rules
-    (:func:`fastgrad.noise.ecnoise`), vectorised; undetected: the bound of
-    :func:`fastgrad.noise.noise_bound` (spread or no agreement, code 3), 0 (code 2).
-    Scale-safe as :func:`fastgrad.noise.noise_levels`: differences of F/s, s a power of 2."""
-    count = table.shape[0]
-    largest = np.abs(table).max(axis=0)
-    _, exponent = np.frexp(largest)
-    scale = np.where(largest > 0, np.ldexp(1.0, exponent - 1), 1.0)
-    values = table / scale
-    high, low = values.max(axis=0), values.min(axis=0)
-    spread = high - low > MAX_SPREAD * np.maximum(np.abs(high), np.abs(low))
-    too_small = 2 * (values[1:] == values[:-1]).sum(axis=0) >= count
-    levels, changes = [], []
-    differences = values
-    for order in range(1, count):
-        differences = np.diff(differences, axis=0)
-        levels.append(np.sqrt((differences ** 2).mean(axis=0) / math.comb(2 * order, order)))
-        changes.append(differences.min(axis=0) * differences.max(axis=0) < 0)
-    level, change = np.array(levels), np.array(changes)
-    sigma = np.zeros(table.shape[1])
-    found = np.zeros(table.shape[1], dtype=bool)
-    for k in range(count - 3):
-        window = level[k:k + 3]
-        agrees = change[k] & (window.max(axis=0) <= AGREEMENT * window.min(axis=0)) & ~found
-        sigma[agrees] = level[k][agrees]
-        found |= agrees
-    detected = found & ~spread & ~too_small
-    bound = level[: count - 3].min(axis=0)
-    sigma = np.where(detected, sigma, np.where(too_small & ~spread, 0.0, bound))
-    return sigma * scale, detected
 
 
 @dataclass(frozen=True)
