@@ -502,3 +502,27 @@ def test_sparse_residual_at_1e5_elements_whose_noise_hides_from_ecnoise(seed):
 
     report = fg.check_jvp(tridiagonal_residual, one_entry, x, args=(b,), seed=seed)
     assert report.verdict == "fail" and report.worst[0].label.endswith(": out[500]")
+
+
+def test_a_kink_within_the_step_warns_and_a_bug_beside_it_still_fails():
+    """ReLU(A·x) with one pre-activation 1e-7 from 0: the tangents' pairs cross its kink. The
+    correct JVP agrees with a one-sided difference there (warn, with a note, never fail); a
+    1e-3 bug in a smooth element at the same x fails."""
+    rng = np.random.default_rng(1)
+    matrix, x = rng.standard_normal((6, 4)), rng.standard_normal(4)
+    x = x + matrix[2] * (1e-7 - matrix[2] @ x) / (matrix[2] @ matrix[2])
+    assert 0 < matrix[2] @ x < 2e-7 and matrix[3] @ x > 1.0
+
+    def relu_layer(x):
+        return np.maximum(matrix @ x, 0.0)
+
+    def jacobian(x, row_scale=1.0):
+        J = (matrix @ x > 0)[:, None] * matrix
+        J[3] *= row_scale
+        return J
+
+    correct = fg.check_jvp(relu_layer, lambda x, v: jacobian(x) @ v, x, seed=0)
+    assert correct.verdict == "warn", correct
+    assert any("one-sided" in note for note in correct.notes)
+    wrong = fg.check_jvp(relu_layer, lambda x, v: jacobian(x, 1.001) @ v, x, seed=0)
+    assert wrong.verdict == "fail" and wrong.worst[0].label.endswith("out[3]"), wrong
