@@ -613,7 +613,7 @@ def _entries(setup: _Setup, plan: _Plan, output: OutputLayout, judged: _Judged, 
     score = np.abs(residual) / np.maximum(allowed, np.finfo(np.float64).tiny)
     results: list[EntryResult] = []
     candidates = np.flatnonzero((in_pattern | (score > 1)).ravel())
-    for flat_index in candidates[np.argsort(score.ravel()[candidates])[::-1][:WORST]]:
+    for flat_index in candidates[largest_first(score.ravel()[candidates], WORST)]:
         g, i = divmod(int(flat_index), m)
         if (g, i) in located:
             results += located[(g, i)]
@@ -630,7 +630,7 @@ def _entries(setup: _Setup, plan: _Plan, output: OutputLayout, judged: _Judged, 
         direction_score = np.abs(res) / np.maximum(alw, np.finfo(np.float64).tiny)
         results += [EntryResult(f"{label_row(int(i))} / random direction {k}", float(res[i]),
                                 float(alw[i]), float(direction_score[i]), "direction")
-                    for i in np.argsort(direction_score)[::-1][:WORST]]
+                    for i in largest_first(direction_score, WORST)]
     # failing entries first (they name a column), then directions, which only confirm
     named_failure = any(e.score > 1 and e.what != "direction" for e in results)
     results.sort(key=lambda e: (named_failure and e.what == "direction", -e.score))
@@ -638,6 +638,16 @@ def _entries(setup: _Setup, plan: _Plan, output: OutputLayout, judged: _Judged, 
     given = judged.predicted[groups, out_rows] / units[groups, out_rows]
     return _Entries(results[:WORST], given - residual[groups, out_rows], given, out_rows,
                     column[groups, out_rows], allowed[groups, out_rows])
+
+
+def largest_first(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest of the 1-D ``values``, largest first (ties in index order):
+    O(size + k·log k), where a full sort of a dense Jacobian's m·n scores took most of a check."""
+    if values.size > k:
+        top = np.sort(np.argpartition(values, values.size - k)[values.size - k:])
+    else:
+        top = np.arange(values.size)
+    return top[np.argsort(-values[top], kind="stable")]
 
 
 def _row_labels(setup: _Setup, output: OutputLayout) -> Callable[[int], str]:
@@ -695,9 +705,9 @@ def _localise(setup: _Setup, run: Engine, plan: _Plan, output: OutputLayout, jud
         return {}
     count = plan.count
     missing = (plan.column_of < 0) & judged.disagrees[:count]
-    flat_order = np.argsort(np.where(missing, -np.abs(judged.residual[:count]) / judged.allowed[:count],
-                                     np.inf), axis=None)
-    chosen = [divmod(int(k), missing.shape[1]) for k in flat_order[:LOCALISED] if missing.flat[k]]
+    flat_order = largest_first(np.where(missing, np.abs(judged.residual[:count]) / judged.allowed[:count],
+                                        -np.inf).ravel(), LOCALISED)
+    chosen = [divmod(int(k), missing.shape[1]) for k in flat_order if missing.flat[k]]
     active: dict[int, tuple[np.ndarray, list[tuple[int, int]]]] = {}
     for g, i in chosen:  # by group: the halves of a group serve all its elements
         members, _ = plan.groups.members(g)
