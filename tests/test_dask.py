@@ -279,3 +279,27 @@ def test_import_fastgrad_does_not_import_dask():
     code = "import sys, fastgrad; print([m for m in ('dask', 'distributed') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _tanh_rows(x, matrix):
+    return np.tanh(matrix @ x)
+
+
+def test_a_jacobian_and_a_vjp_on_the_cluster_as_in_the_calling_thread(client):
+    """The vector engine's chunks (group rows of fun's m outputs) and a VJP's scalar loss run as
+    tasks: the same verdicts and, for the Jacobian, the same worst entries as serially."""
+    rng = np.random.default_rng(3)
+    matrix, x = rng.standard_normal((5, 4)), rng.standard_normal(4)
+    jac = (1.0 - np.tanh(matrix @ x) ** 2)[:, None] * matrix
+    wrong = jac.copy()
+    wrong[1, 2] *= 1.001
+    for given, verdict in ((jac, "pass"), (wrong, "fail")):
+        serial = fg.check_jacobian(_tanh_rows, given, x, args=(matrix,), seed=0, executor="serial")
+        remote = _in_time(fg.check_jacobian, _tanh_rows, given, x, args=(matrix,), seed=0,
+                          executor=client)
+        assert serial.verdict == remote.verdict == verdict
+        assert [e.label for e in remote.worst] == [e.label for e in serial.worst]
+        assert [e.difference for e in remote.worst] == [e.difference for e in serial.worst]
+    report = _in_time(fg.check_vjp, _tanh_rows, lambda x, u, a: wrong.T @ u, x, args=(matrix,),
+                      seed=0, executor=client)
+    assert report.verdict == "fail" and report.reports[0].executor.startswith("dask")
