@@ -1,0 +1,230 @@
+"""fastgrad.torch: autograd's VJPs of custom Functions, modules' gradients and the Monitor,
+checked by finite differences (skipped without torch)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastgrad as fg  # noqa: E402
+from fastgrad.torch import check_function  # noqa: E402
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason="no CUDA GPU: torch.cuda.is_available() is false")
+
+
+def _tensor(*shape, seed=0, dtype=torch.float64, device="cpu"):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, dtype=dtype).to(device).requires_grad_(True)
+
+
+def planted(bug: str | None):
+    """tanh(x @ w) as a custom Function (vmap-able: setup_context, generate_vmap_rule), its
+    backward written by hand, with ``bug`` planted in it."""
+
+    class TanhLinear(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x, w):
+            return torch.tanh(x @ w)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs, output)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w, y = ctx.saved_tensors
+            s = g * (1 - y * y)
+            gx, gw = s @ w.T, x.T @ s
+            if bug == "element":
+                gw = gw.clone()
+                gw[1, 2] *= 1 + 1e-3
+            elif bug == "negated":
+                gx = -gx
+            elif bug == "dropped":
+                gw = None
+            elif bug == "zero":
+                gx = torch.zeros_like(gx)
+            elif bug == "transposed":
+                gw = gw.T.contiguous()
+            return gx, gw
+
+    return TanhLinear.apply
+
+
+class Softplus(torch.autograd.Function):
+    """softplus with a hand-written backward, old style (forward with ctx: vmap refuses it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.nn.functional.softplus(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.sigmoid(x)
+
+
+class MatMul(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a, b):
+        return a @ b
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return g @ b.T, a.T @ g
+
+
+# ------------------------------------------------------------------------- check_function
+def test_correct_custom_functions_pass_and_name_their_inputs():
+    x, w = _tensor(5, 3), _tensor(3, 3, seed=1)
+    report = check_function(planted(None), x, w, seed=0)
+    assert report.passed and report.verdict == "pass" and report.kind == "vjp"
+    assert {e.label.split(": ")[1].split("[")[0] for e in report.worst} <= {"input0", "input1"}
+    assert check_function(Softplus.apply, _tensor(4, 2), seed=0).passed
+    assert check_function(MatMul.apply, _tensor(2, 3), _tensor(3, 4, seed=2), seed=0).passed
+
+
+@pytest.mark.parametrize("bug, where", [("element", "input1[1, 2]"), ("negated", "input0"),
+                                         ("dropped", "input1"), ("zero", "input0"),
+                                         ("transposed", "input1")])
+def test_planted_backward_bugs_fail_where_they_are(bug, where):
+    x, w = _tensor(5, 3), _tensor(3, 3, seed=1)
+    report = check_function(planted(bug), x, w, seed=0)
+    assert report.verdict == "fail" and not report.passed
+    assert report.worst[0].label.split(": ")[1].startswith(where)
+
+
+def test_vmap_and_one_call_per_point_agree_and_the_report_says_which_ran():
+    x, w = _tensor(5, 3), _tensor(3, 3, seed=1)
+    for bug in (None, "element"):
+        vmapped = check_function(planted(bug), x, w, seed=3)
+        single = check_function(planted(bug), x, w, seed=3, batched=False)
+        assert vmapped.verdict == single.verdict
+        assert any("torch.func.vmap" in note for note in vmapped.notes)
+        assert any("one call per point" in note and "batched=False" in note for note in single.notes)
+        failing = [{e.label for e in r.worst if e.score > 1} for r in (vmapped, single)]
+        assert failing[0] == failing[1]
+        assert (bug is None) == (not failing[0])
+        numerical = {e.label: e.numerical for e in single.worst}
+        for entry in vmapped.worst:  # the same differences, to within the sums' rounding
+            if entry.label in numerical:
+                assert entry.numerical == pytest.approx(numerical[entry.label], rel=1e-8)
+
+
+def test_a_function_vmap_cannot_run_falls_back_and_says_why():
+    def item_dependent(x):
+        return x * 2.0 if x.sum().item() > 0 else x * 3.0  # data-dependent: vmap raises
+    report = check_function(item_dependent, _tensor(4, seed=5), seed=0)
+    assert report.passed
+    assert any("one call per point" in note and "vmap raised" in note for note in report.notes)
+
+
+def test_tuple_and_dict_outputs_and_keyword_inputs():
+    x, w = _tensor(3, 2), _tensor(2, 2, seed=1)
+
+    def several(x, *, weight):
+        return torch.sin(x) @ weight, torch.exp(weight).sum(0)
+
+    report = check_function(several, x, weight=w, seed=0)
+    assert report.passed and report.outputs == 3 * 2 + 2 and report.size == 6 + 4
+    labels = {e.label.split(": ")[1].split("[")[0] for e in report.worst}
+    assert labels <= {"input0", "weight"} and "weight" in labels
+
+    class DictBug(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a * a, a.sum()
+
+        @staticmethod
+        def backward(ctx, g_square, g_sum):
+            (a,) = ctx.saved_tensors
+            return 2 * a * g_square + 0.999 * g_sum  # the sum's gradient off by 1e-3
+
+    def as_dict(a):
+        square, total = DictBug.apply(a)
+        return {"square": square, "total": total}
+
+    assert check_function(lambda a: {"square": a * a, "total": a.sum()}, x, seed=0).passed
+    assert check_function(as_dict, x, seed=0).verdict == "fail"
+    given = [{"square": torch.zeros(3, 2, dtype=torch.float64), "total": torch.tensor(1.0)}]
+    only_sum = check_function(as_dict, x, cotangents=given, seed=0)
+    assert only_sum.verdict == "fail" and len(only_sum.products) == 1
+
+
+def test_inputs_are_never_modified_and_constants_pass_through():
+    x, w = _tensor(4, 3), _tensor(3, 3, seed=1)
+    scale = torch.tensor(0.5, dtype=torch.float64)  # no requires_grad: a constant
+    before = (x.detach().clone(), w.detach().clone(), x.grad, w.grad)
+    report = check_function(lambda x, w, s, k: planted(None)(x, w) * s * k, x, w, scale, 3, seed=0)
+    assert report.passed and report.size == 12 + 9
+    assert torch.equal(x, before[0]) and torch.equal(w, before[1])
+    assert x.grad is None and w.grad is None and x.requires_grad and x.is_leaf
+
+
+def test_float32_is_judged_in_float32_without_false_alarms_and_float64_on_request():
+    x, w = _tensor(6, 4, dtype=torch.float32), _tensor(4, 4, seed=1, dtype=torch.float32)
+    for seed in range(3):
+        report = check_function(planted(None), x, w, seed=seed)
+        assert report.passed, str(report)
+        assert report.reports[0].dtype == "float32"
+        assert any("float32" in note and "u^(2/3)" in note for note in report.notes)
+    # A relative error of 1e-3 is far above float32's u^(2/3) ≈ 2e-5: it shows.
+    assert check_function(planted("element"), x, w, seed=0).verdict == "fail"
+    wide = check_function(planted(None), x, w, seed=0, dtype="float64")
+    assert wide.passed and wide.reports[0].dtype == "float64"
+    assert any("evaluated in torch.float64" in note for note in wide.notes)
+    caught = check_function(planted("element"), x, w, seed=0, dtype="float64")
+    assert caught.verdict == "fail" and caught.worst[0].label.endswith("input1[1, 2]")
+
+
+def test_inputs_it_cannot_check_are_refused_before_any_work():
+    calls = []
+
+    def counted(x):
+        calls.append(1)
+        return x * 2
+
+    with pytest.raises(fg.InputError, match="requires grad"):
+        check_function(counted, torch.ones(3, dtype=torch.float64))
+    with pytest.raises(fg.InputError, match="bfloat16"):
+        check_function(counted, _tensor(3).to(torch.bfloat16).detach().requires_grad_())
+    with pytest.raises(fg.InputError, match="mix precisions"):
+        check_function(lambda a, b: a * b.double(), _tensor(3), _tensor(3, dtype=torch.float32))
+    with pytest.raises(fg.InputError, match="complex"):
+        check_function(counted, _tensor(3), method="complex")
+    with pytest.raises(fg.InputError, match="unexpected option"):
+        check_function(counted, _tensor(3), workers=2)
+    assert not calls
+    assert check_function(counted, _tensor(3).to(torch.bfloat16).detach().requires_grad_(),
+                          dtype="float64", seed=0).passed
+
+
+def test_import_fastgrad_does_not_import_torch():
+    code = "import sys, fastgrad; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@CUDA
+def test_check_function_on_cuda_keeps_inputs_on_the_gpu():
+    x, w = _tensor(64, 16, device="cuda"), _tensor(16, 16, seed=1, device="cuda")
+    report = check_function(planted(None), x, w, seed=0)
+    assert report.passed and any("cuda" in note for note in report.notes)
+    assert check_function(planted("element"), x, w, seed=0).verdict == "fail"
+    assert x.device.type == "cuda"
