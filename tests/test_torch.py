@@ -6,12 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import fastgrad as fg  # noqa: E402
+import fastgrad.torch  # noqa: E402
 from fastgrad.torch import check_function  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -228,3 +228,170 @@ def test_check_function_on_cuda_keeps_inputs_on_the_gpu():
     assert report.passed and any("cuda" in note for note in report.notes)
     assert check_function(planted("element"), x, w, seed=0).verdict == "fail"
     assert x.device.type == "cuda"
+
+
+# ------------------------------------------------------------------------- check_module
+class PlantedLinear(torch.nn.Module):
+    """x @ weight + bias through planted(bug)'s backward (tanh(x @ W) with the bias folded
+    into x as a column of ones would hide it: the bias is added outside)."""
+
+    def __init__(self, fan_in, fan_out, bug=None, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(fan_in, fan_out, generator=generator,
+                                                     dtype=torch.float64) / fan_in ** 0.5)
+        self.bias = torch.nn.Parameter(torch.zeros(fan_out, dtype=torch.float64))
+        self.bug = bug
+
+    def forward(self, x):
+        return planted(self.bug)(x, self.weight) + self.bias
+
+
+class Net(torch.nn.Module):
+    def __init__(self, bug=None):
+        super().__init__()
+        self.layer1 = PlantedLinear(4, 3, bug)
+        self.norm = torch.nn.BatchNorm1d(3, dtype=torch.float64)
+        self.layer2 = torch.nn.Linear(3, 2, dtype=torch.float64)
+        self.frozen = torch.nn.Parameter(torch.ones(2, dtype=torch.float64), requires_grad=False)
+
+    def forward(self, x):
+        return self.layer2(self.norm(self.layer1(x))) * self.frozen
+
+
+def _batch(rows=12, seed=7):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, 4, generator=generator, dtype=torch.float64),
+            torch.randn(rows, 2, generator=generator, dtype=torch.float64))
+
+
+def _state(module):
+    """Everything of the module's state, to compare bit for bit."""
+    return ([(name, p, p.detach().clone(), p.requires_grad,
+              None if p.grad is None else p.grad.clone()) for name, p in module.named_parameters()],
+            [(name, b.clone()) for name, b in module.named_buffers()],
+            [m.training for m in module.modules()])
+
+
+def _same_state(module, before):
+    params, buffers, modes = _state(module)
+    assert modes == before[2]
+    for (name, p, value, grad_on, grad), (name0, p0, value0, grad_on0, grad0) in zip(
+            params, before[0], strict=True):
+        assert name == name0 and p is p0 and torch.equal(value, value0) and grad_on == grad_on0
+        assert (grad is None) == (grad0 is None) and (grad is None or torch.equal(grad, grad0))
+    for (name, b), (name0, b0) in zip(buffers, before[1], strict=True):
+        assert name == name0 and torch.equal(b, b0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_check_module_names_parameters_and_leaves_the_module_as_it_was(training):
+    net = Net().train(training)
+    X, Y = _batch()
+    net.layer2.weight.grad = torch.full_like(net.layer2.weight, 0.25)  # a grad already there
+    before = _state(net)
+    report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0, directions=2)
+    assert report.passed, str(report)
+    assert {g.name for g in report.groups} == {"layer1.weight", "layer1.bias", "norm.weight",
+                                               "norm.bias", "layer2.weight", "layer2.bias"}
+    _same_state(net, before)
+    # BatchNorm in train mode updates running statistics in place: vmap refuses, one call per point
+    assert any(("one call per point" if training else "torch.func.vmap") in n for n in report.notes)
+
+
+def test_check_module_finds_a_planted_bug_by_its_pytorch_name():
+    net = Net("element")
+    X, Y = _batch()
+    report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0)
+    assert report.verdict == "fail" and report.worst_label == "layer1.weight[1, 2]"
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("error", [ValueError, Interrupt])
+def test_state_is_identical_after_the_users_loss_raises(error):
+    net = Net().train()
+    X, Y = _batch()
+    calls = []
+
+    def failing_loss(out, target):
+        calls.append(1)
+        if len(calls) > 20:  # in the middle of the differences
+            raise error("planted")
+        return torch.nn.functional.mse_loss(out, target)
+
+    before = _state(net)
+    with pytest.raises(fg.LossError if error is ValueError else Interrupt):
+        fg.torch.check_module(net, failing_loss, X, Y, seed=0, batched=False)
+    _same_state(net, before)
+
+
+def test_dropout_in_train_mode_is_refused_and_checked_in_eval_mode():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5), torch.nn.Linear(3, 2)).double()
+    X, Y = _batch()
+    with pytest.raises(fg.InputError, match="1 is Dropout in train mode"):
+        fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y)
+    assert fg.torch.check_module(net.eval(), torch.nn.functional.mse_loss, X, Y, seed=0).passed
+
+
+def test_check_module_in_float32_and_in_float64_on_request():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    X, Y = (t.float() for t in _batch())
+    report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0)
+    assert report.passed and report.dtype == "float32" and "float32" in report.notes[0]
+    wide = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0, dtype="float64")
+    assert wide.passed and wide.dtype == "float64"
+    assert next(net.parameters()).dtype == torch.float32
+
+
+# ------------------------------------------------------------------------- Monitor
+def test_monitor_never_changes_the_module_or_the_optimizer_and_catches_a_planted_bug():
+    X, Y = _batch()
+    for bug in (None, "element"):
+        net = Net(bug)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        mon = fg.torch.Monitor(net, torch.nn.functional.mse_loss, every=3, sample=6,
+                               directions=0, seed=0, on_fail=lambda report: None)
+        reports = []
+        for _ in range(30):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(net(X), Y).backward()
+            before, moments = _state(net), {k: [t.clone() for t in v.values() if torch.is_tensor(t)]
+                                            for k, v in optimizer.state.items()}
+            reports.append(mon.step(X, Y))
+            _same_state(net, before)
+            assert {k: [t.clone() for t in v.values() if torch.is_tensor(t)]
+                    for k, v in optimizer.state.items()}.keys() == moments.keys()
+            for k, v in optimizer.state.items():
+                for t, t0 in zip([t for t in v.values() if torch.is_tensor(t)], moments[k], strict=True):
+                    assert torch.equal(t, t0)
+            optimizer.step()
+        scheduled = [r for r in reports if r is not None]
+        assert [r is not None for r in reports] == [k % 3 == 0 for k in range(30)]
+        assert mon.seconds > 0 and len(mon.history) == len(scheduled) == 10
+        verdicts = [r.verdict for r in scheduled]
+        if bug is None:
+            assert "fail" not in verdicts
+        else:
+            # layer1.weight has 12 coordinates; a check samples 1 or 2 of them, so that the
+            # rotation reaches [1, 2] within 12 checks at most; with 10 checks and the
+            # seeded rotation, it does
+            failing = [r for r in scheduled if r.verdict == "fail"]
+            assert failing and all(r.worst_label == "layer1.weight[1, 2]" for r in failing)
+
+
+def test_monitor_asks_for_backward_first():
+    net = Net()
+    mon = fg.torch.Monitor(net, torch.nn.functional.mse_loss, every=1)
+    with pytest.raises(fg.InputError, match="backward"):
+        mon.step(*_batch())
+
+
+@CUDA
+def test_check_module_on_cuda():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).double().cuda()
+    X, Y = (t.cuda() for t in _batch())
+    report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0)
+    assert report.passed and any("cuda" in note for note in report.notes)

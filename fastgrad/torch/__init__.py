@@ -8,5 +8,6 @@ Importing this package imports torch; ``import fastgrad`` does not.
 """
 
 from .function import check_function
+from .module import Monitor, check_module
 
-__all__ = ["check_function"]
+__all__ = ["Monitor", "check_function", "check_module"]
