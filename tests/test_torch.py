@@ -113,7 +113,7 @@ def test_planted_backward_bugs_fail_where_they_are(bug, where):
 def test_vmap_and_one_call_per_point_agree_and_the_report_says_which_ran():
     x, w = _tensor(5, 3), _tensor(3, 3, seed=1)
     for bug in (None, "element"):
-        vmapped = check_function(planted(bug), x, w, seed=3)
+        vmapped = check_function(planted(bug), x, w, seed=3, batched=True)
         single = check_function(planted(bug), x, w, seed=3, batched=False)
         assert vmapped.verdict == single.verdict
         assert any("torch.func.vmap" in note for note in vmapped.notes)
@@ -224,8 +224,8 @@ def test_import_fastgrad_does_not_import_torch():
 @CUDA
 def test_check_function_on_cuda_keeps_inputs_on_the_gpu():
     x, w = _tensor(64, 16, device="cuda"), _tensor(16, 16, seed=1, device="cuda")
-    report = check_function(planted(None), x, w, seed=0)
-    assert report.passed and any("cuda" in note for note in report.notes)
+    report = check_function(planted(None), x, w, seed=0, batched=True)
+    assert report.passed and any("vmap on cuda" in note for note in report.notes)
     assert check_function(planted("element"), x, w, seed=0).verdict == "fail"
     assert x.device.type == "cuda"
 
@@ -290,7 +290,8 @@ def test_check_module_names_parameters_and_leaves_the_module_as_it_was(training)
     X, Y = _batch()
     net.layer2.weight.grad = torch.full_like(net.layer2.weight, 0.25)  # a grad already there
     before = _state(net)
-    report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0, directions=2)
+    report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0, directions=2,
+                                   batched=True)
     assert report.passed, str(report)
     assert {g.name for g in report.groups} == {"layer1.weight", "layer1.bias", "norm.weight",
                                                "norm.bias", "layer2.weight", "layer2.bias"}
@@ -382,6 +383,19 @@ def test_monitor_never_changes_the_module_or_the_optimizer_and_catches_a_planted
             assert failing and all(r.worst_label == "layer1.weight[1, 2]" for r in failing)
 
 
+def test_monitor_on_a_slice_of_the_batch_checks_autograd_there():
+    X, Y = _batch(rows=64)
+    for bug in (None, "element"):
+        net = Net(bug).eval()  # BatchNorm's running statistics: a slice's batch statistics differ
+        mon = fg.torch.Monitor(net, torch.nn.functional.mse_loss, every=1, sample=24,
+                               directions=0, seed=0, rows=4, on_fail=lambda report: None)
+        before = _state(net)
+        reports = [mon.step(X, Y) for _ in range(3)]  # no backward: .grad is not read
+        _same_state(net, before)
+        assert all(r.checked < 35 for r in reports)
+        assert any(r.verdict == "fail" for r in reports) == (bug is not None)
+
+
 def test_monitor_asks_for_backward_first():
     net = Net()
     mon = fg.torch.Monitor(net, torch.nn.functional.mse_loss, every=1)
@@ -395,3 +409,13 @@ def test_check_module_on_cuda():
     X, Y = (t.cuda() for t in _batch())
     report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0)
     assert report.passed and any("cuda" in note for note in report.notes)
+
+
+def test_batched_auto_keeps_the_faster_way_and_says_so():
+    x, w = _tensor(400, 3), _tensor(3, 3, seed=1)
+    report = check_function(planted(None), x, w, seed=0, sample=20, directions=1)
+    assert report.passed and report.reports[0].checked < report.size
+    assert any("torch.func.vmap" in note or ("one call took" in note and "batched='auto'" in note)
+               for note in report.notes)
+    with pytest.raises(fg.InputError, match="batched must be"):
+        check_function(planted(None), x, w, batched="yes")

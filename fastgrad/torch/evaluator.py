@@ -13,6 +13,7 @@ notes say which ran.
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -23,13 +24,18 @@ from ..errors import InputError, describe
 from ..parameters import ParameterLayout
 
 #: Memory a batch of points may take on the CPU: B·(bytes of a point + bytes of its outputs).
-CPU_BATCH_BYTES = 256 * 2 ** 20
+#: A batch that stays in the caches (a few MiB): one that streams through memory costs more
+#: per point (tanh(x @ W + b), n = 8,256, one thread: 43 µs a point in batches of 2 MiB,
+#: 78 µs in 32 MiB, 122 µs in 129 MiB; see benchmarks/torch_batching.py).
+CPU_BATCH_BYTES = 4 * 2 ** 20
 #: On a CUDA device a batch may take this fraction of the free memory (torch.cuda.mem_get_info).
 CUDA_FREE_FRACTION = 1 / 8
 #: Points in the batch that tries vmap before the check.
 PROBE_POINTS = 2
-
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+#: batched="auto" times vmap on this many points against TIMED_SINGLES single calls, and
+#: keeps the faster per point (vmap saves each call's overhead, but builds and streams a
+#: (B, n) batch through memory: on the CPU, single calls win once a call's own work dominates).
+TIMED_POINTS, TIMED_SINGLES = 32, 4
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -47,11 +53,11 @@ class TorchScalar(ABC):
     """
 
     def __init__(self, names: list[str], shapes: list[tuple[int, ...]], device: torch.device,
-                 batched: bool = True):
+                 batched: bool | str = "auto"):
         self.names, self.shapes = names, shapes
         self.sizes = [math.prod(shape) for shape in shapes]
         self.device = device
-        self.batched = batched
+        self.batched = batched  # "auto": vmap if it works and is faster; True: if it works
 
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """θ's named tensors, views of ``flat``."""
@@ -82,7 +88,8 @@ class TorchEvaluator(Evaluator):
 
     A batch holds at most B points, B = cap / (bytes of a point + bytes of its outputs, and on
     CUDA the peak memory one point of the probe batch took); the cap is CPU_BATCH_BYTES
-    (256 MiB) on the CPU and CUDA_FREE_FRACTION (1/8) of the device's free memory on CUDA.
+    (4 MiB, cache-sized) on the CPU and CUDA_FREE_FRACTION (1/8) of the device's free memory
+    on CUDA.
     Runs on the calling thread: torch has its own intra-op threads.
     """
 
@@ -98,7 +105,8 @@ class TorchEvaluator(Evaluator):
         self.layout = layout
         self.base = torch.from_numpy(theta).to(loss.device, copy=True)
         self.vmapped = torch.func.vmap(lambda point: loss.value(point, args))
-        self.batch, self.why_not = self._plan() if loss.batched else (1, "batched=False")
+        self.batch, self.why_not = self._plan() if loss.batched is not False \
+            else (1, "batched=False")
 
     @property
     def default_workers(self) -> int:
@@ -142,35 +150,59 @@ class TorchEvaluator(Evaluator):
             return self.vmapped(points)
 
     def _plan(self) -> tuple[int, str | None]:
-        """(B, None) when vmap works on the function and agrees with single calls to within
-        √u (u of θ's dtype), else (1, why not)."""
-        count = PROBE_POINTS
-        coords = torch.zeros(count, dtype=torch.int64, device=self.base.device)
-        points = self._points(coords, self.base[coords])
+        """(B, None) when vmap works on the function, agrees with single calls to within
+        √u (u of θ's dtype) and, with batched="auto", is faster per point; else (1, why not)."""
         device = self.base.device
         cuda = device.type == "cuda"
         try:
             single = self._single(self.base.clone())
-        except Exception:
-            return 1, None  # the engine's first call reports the function's own failure
+        except Exception as error:  # the engine's first call reports it as the function's failure
+            return 1, f"fn raised {type(error).__name__} at the inputs"
         try:
             if cuda:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 before = torch.cuda.memory_allocated(device)
-            batch = self._batched(points).double().cpu().numpy()
+            batch = self._batched(self._repeated(PROBE_POINTS)).double().cpu().numpy()
         except Exception as error:
             return 1, f"vmap raised {type(error).__name__}: {describe(error)[:160]}"
         tolerance = math.sqrt(float(np.finfo(self.theta.dtype).eps)) * abs(single)
-        if batch.shape != (count,) or np.any(np.abs(batch - single) > tolerance):
+        if batch.shape != (PROBE_POINTS,) or np.any(np.abs(batch - single) > tolerance):
             return 1, f"vmap gave {batch.tolist()} where a single call gave {single!r}"
         per_point = self.base.numel() * self.base.element_size() + self.scalar.output_bytes()
         if cuda:
-            per_point = max(per_point, (torch.cuda.max_memory_allocated(device) - before) // count)
+            measured = (torch.cuda.max_memory_allocated(device) - before) // PROBE_POINTS
+            per_point = max(per_point, measured)
             cap = int(torch.cuda.mem_get_info(device)[0] * CUDA_FREE_FRACTION)
         else:
             cap = CPU_BATCH_BYTES
-        return max(1, cap // max(per_point, 1)), None
+        size = max(1, cap // max(per_point, 1))
+        if self.scalar.batched == "auto":
+            vmapped, called = self._seconds_per_point(min(TIMED_POINTS, size))
+            if called < vmapped:
+                return 1, (f"one call took {called * 1e6:.3g} µs, vmap {vmapped * 1e6:.3g} µs a "
+                           f"point (batched='auto'; batched=True forces vmap)")
+        return size, None
+
+    def _repeated(self, count: int) -> torch.Tensor:
+        """``count`` copies of θ as a batch, made as a chunk's points are."""
+        coords = torch.zeros(count, dtype=torch.int64, device=self.base.device)
+        return self._points(coords, self.base[coords])
+
+    def _seconds_per_point(self, count: int) -> tuple[float, float]:
+        """Seconds per point of vmap over ``count`` points, and of single calls (the fastest
+        of TIMED_SINGLES), each including the making of its points."""
+        synchronize = torch.cuda.synchronize if self.base.device.type == "cuda" else lambda: None
+        synchronize()
+        started = time.perf_counter()
+        self._batched(self._repeated(count)).cpu()
+        vmapped = (time.perf_counter() - started) / count
+        called = math.inf
+        for _ in range(TIMED_SINGLES):
+            started = time.perf_counter()
+            self._single(self.base.clone())
+            called = min(called, time.perf_counter() - started)
+        return vmapped, called
 
     def evaluate_chunk(self, workspace: Workspace, coords, values, out, start, stop) -> None:
         """out[j, q] = L(θ with θ[coords[j]] = values[j, q]) for j in [start, stop): batches

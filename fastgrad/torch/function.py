@@ -22,7 +22,15 @@ from ..products import common
 from ..products.common import ProductReport
 from ..products.vjp import combined_report
 from .evaluator import TorchScalar
-from .tensors import gradients, noted, one_device, require_options, to_numpy, working_dtype
+from .tensors import (
+    batched_mode,
+    gradients,
+    noted,
+    one_device,
+    require_options,
+    to_numpy,
+    working_dtype,
+)
 
 
 class Call:
@@ -63,7 +71,7 @@ class InnerProduct(TorchScalar):
     """L_u(x) = Σ_k ⟨u_k, fn(x)_k⟩ in float64, u on fn's device."""
 
     def __init__(self, call: Call, u: torch.Tensor, leaves: Mapping[str, torch.Tensor],
-                 out_bytes: int, batched: bool):
+                 out_bytes: int, batched: bool | str):
         super().__init__(list(leaves), [tuple(t.shape) for t in leaves.values()], u.device, batched)
         self.call, self.u, self.out_bytes = call, u, out_bytes
 
@@ -77,7 +85,7 @@ class InnerProduct(TorchScalar):
 
 
 def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed: int | None = None,
-                   dtype=None, batched: bool = True, **options: Any) -> ProductReport:
+                   dtype=None, batched: bool | str = "auto", **options: Any) -> ProductReport:
     """Check the VJPs autograd computes for ``fn`` against finite differences of fn's forward.
 
     Parameters
@@ -96,9 +104,10 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
         None: the inputs' own precision (all float64, or all float32: then judged with float32
         steps and allowed errors, and the report says so); else every floating tensor
         argument cast to it, for the VJP and the differences alike.
-    batched : bool
-        Evaluate chunks of perturbed inputs with one ``torch.func.vmap`` call (falls back to one
-        call per point when vmap fails on fn); False: one call per point.
+    batched : "auto", True or False
+        "auto": chunks of perturbed inputs evaluated by one ``torch.func.vmap`` call each when
+        vmap works on fn, agrees with single calls and is faster per point (timed once, on 32
+        points); True: whenever vmap works; False: one call per point.
     **options
         Tensors with ``requires_grad`` are keyword inputs (named by their keyword); the rest
         are fastgrad.check's method, eps, sample, detect, directions, progress.
@@ -119,7 +128,7 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
     keyword_inputs = {key: value for key, value in options.items() if isinstance(value, torch.Tensor)}
     options = {key: value for key, value in options.items() if key not in keyword_inputs}
     require_options(options, "check_function")
-    batched = validate.flag("batched", batched)
+    batched = batched_mode(batched)
     common.vector_count(cotangents, "cotangents")
     entropy = common.entropy_of(seed)
     named = {**{f"input{k}": value for k, value in enumerate(inputs)}, **keyword_inputs}

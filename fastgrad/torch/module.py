@@ -23,8 +23,9 @@ from ..monitor import Monitor as ArrayMonitor
 from ..pipeline import run_check
 from ..products import common
 from ..report import Report
+from . import tensors
 from .evaluator import TorchScalar
-from .tensors import gradients, noted, one_device, require_options, to_numpy, working_dtype
+from .tensors import batched_mode, gradients, noted, require_options, to_numpy
 
 #: Modules whose train mode draws random numbers at each forward.
 RANDOM_IN_TRAINING = (torch.nn.modules.dropout._DropoutNd,)
@@ -35,7 +36,7 @@ class ModuleLoss(TorchScalar):
     with args = (x, *targets); a 0-d float64 tensor."""
 
     def __init__(self, module: torch.nn.Module, loss_fn: Callable, checked: Mapping[str, torch.Tensor],
-                 dtype: torch.dtype, device: torch.device, batched: bool):
+                 dtype: torch.dtype, device: torch.device, batched: bool | str):
         super().__init__(list(checked), [tuple(p.shape) for p in checked.values()], device, batched)
         self.module, self.loss_fn, self.dtype = module, loss_fn, dtype
         self.frozen = {name: p.detach().to(dtype) if p.is_floating_point() else p.detach()
@@ -58,7 +59,8 @@ class ModuleLoss(TorchScalar):
 
 
 def check_module(module: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, *targets: Any,
-                 seed: int | None = None, dtype=None, batched: bool = True, **options: Any) -> Report:
+                 seed: int | None = None, dtype=None, batched: bool | str = "auto",
+                 **options: Any) -> Report:
     """Check the gradients ``loss_fn(module(x), *targets).backward()`` puts in the parameters.
 
     Parameters
@@ -77,9 +79,9 @@ def check_module(module: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, *t
     dtype : None, "float32" or "float64"
         None: the parameters' own precision (float32 judged with float32's steps and allowed
         errors); else the module evaluated in it.
-    batched : bool
-        Batches of perturbed parameters through ``torch.func.vmap`` (falls back to one call per
-        point where vmap fails, as with BatchNorm in train mode); False: one call per point.
+    batched : "auto", True or False
+        Batches of perturbed parameters through ``torch.func.vmap``, as for
+        :func:`check_function` (vmap fails on BatchNorm in train mode: one call per point).
     **options
         fastgrad.check's method, eps, sample, detect, directions, progress.
 
@@ -108,7 +110,7 @@ def _module_loss(module, loss_fn, x, targets, dtype, batched, notes: list[str]):
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     validate.callable_of("loss_fn", loss_fn)
-    batched = validate.flag("batched", batched)
+    batched = batched_mode(batched)
     random = [name or type(module).__name__ for name, m in module.named_modules()
               if m.training and isinstance(m, RANDOM_IN_TRAINING) and getattr(m, "p", 0) > 0]
     if random:
@@ -118,8 +120,8 @@ def _module_loss(module, loss_fn, x, targets, dtype, batched, notes: list[str]):
     checked = {name: p for name, p in module.named_parameters() if p.requires_grad}
     if not checked:
         raise InputError("no parameter of the module requires grad: there is nothing to check")
-    device = one_device(checked)
-    working, precision = working_dtype(checked, dtype)
+    device = tensors.one_device(checked)
+    working, precision = tensors.working_dtype(checked, dtype)
     notes += precision
     if not isinstance(x, torch.Tensor):
         raise InputError(f"x must be a tensor, got {type(x).__name__}")
@@ -168,27 +170,38 @@ class _CurrentLoss:
 
 
 class Monitor:
-    """Checks a module's ``.grad`` every ``every`` training steps, on a rotating sample of
+    """Checks a module's gradient every ``every`` training steps, on a rotating sample of
     its parameters (:class:`fastgrad.Monitor`'s rotation and schedule).
 
     >>> mon = fastgrad.torch.Monitor(net, torch.nn.functional.mse_loss, every=100)
     >>> loss = loss_fn(net(x), y); loss.backward()
-    >>> mon.step(x, y)          # before optimizer.step(): checks .grad on schedule
+    >>> mon.step(x, y)          # before optimizer.step(): checks on schedule
     >>> optimizer.step(); optimizer.zero_grad()
 
-    ``mon.step(x, *targets)`` takes the batch the gradient was computed on.  It never writes
-    the module, its ``.grad`` or an optimizer; off schedule it only counts the call.
-    ``mon.seconds`` is its time, ``mon.history`` one summary per check (as
-    :class:`fastgrad.Monitor`).  A ``.grad`` accumulated over several batches (no
-    ``zero_grad``) is not the gradient of this batch's loss, and fails.
+    Parameters
+    ----------
+    module, loss_fn
+        As for :func:`check_module`.
+    every, sample, directions, seed, on_fail
+        As for :class:`fastgrad.Monitor`.
+    rows : int, optional
+        None: each check reads the parameters' ``.grad`` and compares it with differences of
+        the loss on the whole batch given to :meth:`step` (the batch ``.grad`` was computed
+        on; a ``.grad`` accumulated over several batches fails).  k: each check compares
+        autograd's gradient of the loss on the batch's first k rows (``x[:k]``, each
+        target's ``[:k]``), computed at copies of the parameters, with differences on those
+        rows: the same backward code at a cost in proportion to k (``.grad`` is not read).
+    dtype, batched, method, eps, progress
+        As for :func:`check_module`.
 
-    Parameters are those of :class:`fastgrad.Monitor`; ``dtype``, ``batched`` and the
-    options method, eps, progress as for :func:`check_module`.
+    It never writes the module, its ``.grad`` or an optimizer; off schedule :meth:`step` only
+    counts the call.  ``seconds`` is its time in scheduled steps, ``history`` one summary per
+    check (as :class:`fastgrad.Monitor`).
     """
 
     def __init__(self, module: torch.nn.Module, loss_fn: Callable, every: int = 100, sample: int = 64,
                  directions: int = 2, seed: int | None = 0, on_fail: str | Callable = "warn",
-                 dtype=None, batched: bool = True, **options: Any):
+                 rows: int | None = None, dtype=None, batched: bool | str = "auto", **options: Any):
         validate.known_options(options, ("method", "eps", "progress"), "Monitor")
         require_options(options, "Monitor")
         if not isinstance(module, torch.nn.Module):
@@ -196,40 +209,51 @@ class Monitor:
         validate.callable_of("loss_fn", loss_fn)
         validate.dtype(dtype)
         self.module, self.loss_fn = module, loss_fn
-        self.dtype, self.batched = dtype, validate.flag("batched", batched)
+        self.rows = None if rows is None else validate.positive_int("rows", rows)
+        self.dtype, self.batched = dtype, batched_mode(batched)
         self._current = _CurrentLoss()
+        self._gradient: dict[str, np.ndarray] | None = None  # of the check in progress
         self.seconds = 0.0  # in scheduled steps: reading the module's state and the check
-        self.monitor = ArrayMonitor(self._current, self._gradient, every=every, sample=sample,
-                                    directions=directions, seed=seed, on_fail=on_fail, **options)
+        self.monitor = ArrayMonitor(self._current, self._current_gradient, every=every,
+                                    sample=sample, directions=directions, seed=seed,
+                                    on_fail=on_fail, **options)
 
     @property
     def history(self) -> list[dict]:
         return self.monitor.history
 
-    def _gradient(self, theta, *args) -> dict[str, np.ndarray]:
-        """The checked parameters' ``.grad``, as float64 arrays (read, never written)."""
-        loss = self._current.loss
-        assert loss is not None
-        grads = {name: p.grad for name, p in zip(loss.names, _parameters(loss), strict=True)}
-        missing = [name for name, grad in grads.items() if grad is None]
-        if missing:
-            raise InputError(f"{missing[0]}.grad is None: call loss.backward() before mon.step()")
-        return {name: to_numpy(grad, torch.float64) for name, grad in grads.items()
-                if grad is not None}
+    def _current_gradient(self, theta, *args) -> dict[str, np.ndarray]:
+        assert self._gradient is not None, "set before each check"
+        return self._gradient
 
     def step(self, x: torch.Tensor, *targets: Any) -> Report | None:
-        """Check ``.grad`` on schedule (and return the report); else do nothing, return None."""
+        """Check on schedule (and return the report); else do nothing and return None."""
         monitor = self.monitor
         if monitor.calls % monitor.every:
             return monitor.step({})  # off schedule: counts the call, reads nothing
         started = time.perf_counter()
         notes: list[str] = []
+        if self.rows is not None:
+            x, targets = x[:self.rows], tuple(t[:self.rows] if isinstance(t, torch.Tensor)
+                                              and t.dim() else t for t in targets)
         loss, theta, args = _module_loss(self.module, self.loss_fn, x, targets, self.dtype,
                                          self.batched, notes)
         self._current.loss = loss
         try:
+            self._gradient = _grads_of(loss) if self.rows is None \
+                else _autograd_gradient(loss, args)
             report = monitor.step(theta, args=args)
         finally:
-            self._current.loss = None
+            self._current.loss, self._gradient = None, None
             self.seconds += time.perf_counter() - started
         return None if report is None else noted(report, notes)
+
+
+def _grads_of(loss: ModuleLoss) -> dict[str, np.ndarray]:
+    """The checked parameters' ``.grad`` as float64 arrays (read, never written)."""
+    grads = {}
+    for name, parameter in zip(loss.names, _parameters(loss), strict=True):
+        if parameter.grad is None:
+            raise InputError(f"{name}.grad is None: call loss.backward() before mon.step()")
+        grads[name] = to_numpy(parameter.grad, torch.float64)
+    return grads

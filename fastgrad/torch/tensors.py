@@ -88,6 +88,14 @@ def noted(report: Checked, notes: list[str]) -> Checked:
     return report
 
 
+def batched_mode(value) -> bool | str:
+    """``batched``: "auto" (vmap where it works and is faster per point), True (vmap where it
+    works) or False (one call per point)."""
+    if value is True or value is False or value == "auto":
+        return value
+    raise InputError(f"batched must be 'auto', True or False, got {value!r}")
+
+
 def require_options(options: Mapping, owner: str) -> None:
     """InputError for an option the torch checks do not take (and for method='complex')."""
     validate.known_options(options, CHECK_OPTIONS, owner)
