@@ -3,6 +3,7 @@ checked by finite differences (skipped without torch)."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -296,6 +297,14 @@ def test_check_module_names_parameters_and_leaves_the_module_as_it_was(training)
     assert {g.name for g in report.groups} == {"layer1.weight", "layer1.bias", "norm.weight",
                                                "norm.bias", "layer2.weight", "layer2.bias"}
     _same_state(net, before)
+    twin = copy.deepcopy(net)  # what backward() puts in .grad, on a copy of the module
+    twin.zero_grad()
+    torch.nn.functional.mse_loss(twin(X), Y).backward()
+    grads = {name: p.grad for name, p in twin.named_parameters() if p.requires_grad}
+    for entry in report.worst:
+        name, index = entry.label.split("[")
+        index = tuple(int(k) for k in index.rstrip("]").split(","))
+        assert entry.analytic == pytest.approx(float(grads[name][index]), rel=1e-10, abs=1e-14)
     # BatchNorm in train mode updates running statistics in place: vmap refuses, one call per point
     assert any(("one call per point" if training else "torch.func.vmap") in n for n in report.notes)
 
@@ -419,3 +428,24 @@ def test_batched_auto_keeps_the_faster_way_and_says_so():
                for note in report.notes)
     with pytest.raises(fg.InputError, match="batched must be"):
         check_function(planted(None), x, w, batched="yes")
+
+
+def test_check_module_with_tied_weights_moves_every_alias():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encode = torch.nn.Linear(4, 3, bias=False, dtype=torch.float64)
+            self.decode = torch.nn.Linear(3, 4, bias=False, dtype=torch.float64)
+            self.decode.weight = self.encode.weight  # registered twice; x @ Wᵀ @ W
+
+        def forward(self, x):
+            return torch.nn.functional.linear(torch.tanh(self.encode(x)), self.decode.weight.T)
+
+    X, _ = _batch()
+    net = Tied()
+    report = fg.torch.check_module(net, torch.nn.functional.mse_loss, X, X, seed=0)
+    assert report.passed and [g.name for g in report.groups] == ["encode.weight"]
+    torch.nn.functional.mse_loss(net(X), X).backward()  # the gradient through both aliases
+    for entry in report.worst:
+        index = tuple(int(k) for k in entry.label.split("[")[1].rstrip("]").split(","))
+        assert entry.analytic == pytest.approx(float(net.encode.weight.grad[index]), rel=1e-12)

@@ -58,6 +58,9 @@ class TorchScalar(ABC):
         self.sizes = [math.prod(shape) for shape in shapes]
         self.device = device
         self.batched = batched  # "auto": vmap if it works and is faster; True: if it works
+        #: (points per batch, why not vmap) as an evaluator planned it; a caller that checks
+        #: the same function again (a Monitor) hands it on, and the plan is not made again.
+        self.plan: tuple[int, str | None] | None = None
 
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """θ's named tensors, views of ``flat``."""
@@ -105,8 +108,9 @@ class TorchEvaluator(Evaluator):
         self.layout = layout
         self.base = torch.from_numpy(theta).to(loss.device, copy=True)
         self.vmapped = torch.func.vmap(lambda point: loss.value(point, args))
-        self.batch, self.why_not = self._plan() if loss.batched is not False \
-            else (1, "batched=False")
+        if loss.plan is None:
+            loss.plan = self._plan() if loss.batched is not False else (1, "batched=False")
+        self.batch, self.why_not = loss.plan
 
     @property
     def default_workers(self) -> int:

@@ -43,12 +43,17 @@ class ModuleLoss(TorchScalar):
                        for name, p in module.named_parameters() if name not in checked}
         self.buffers = {name: b.detach().to(dtype) if b.is_floating_point() else b.detach().clone()
                         for name, b in module.named_buffers()}
+        # functional_call's untying of shared tensors costs ~15 % of a small module's call:
+        # only for a module that registers one tensor under several names
+        self.tied = len(list(module.named_parameters(remove_duplicate=False))) > len(
+            list(module.named_parameters())) or len(list(module.named_buffers(
+                remove_duplicate=False))) > len(self.buffers)
 
     def forward(self, parameters: Mapping[str, torch.Tensor], args: tuple) -> torch.Tensor:
         x, *targets = args
         state = {**self.frozen, **{name: b.clone() for name, b in self.buffers.items()},
                  **parameters}
-        output = torch.func.functional_call(self.module, state, (x,))
+        output = torch.func.functional_call(self.module, state, (x,), tie_weights=self.tied)
         return self.loss_fn(output, *targets)
 
     def value(self, flat: torch.Tensor, args: tuple) -> torch.Tensor:
@@ -213,6 +218,7 @@ class Monitor:
         self.dtype, self.batched = dtype, batched_mode(batched)
         self._current = _CurrentLoss()
         self._gradient: dict[str, np.ndarray] | None = None  # of the check in progress
+        self._plan: tuple[int, str | None] | None = None  # TorchScalar.plan
         self.seconds = 0.0  # in scheduled steps: reading the module's state and the check
         self.monitor = ArrayMonitor(self._current, self._current_gradient, every=every,
                                     sample=sample, directions=directions, seed=seed,
@@ -238,12 +244,14 @@ class Monitor:
                                               and t.dim() else t for t in targets)
         loss, theta, args = _module_loss(self.module, self.loss_fn, x, targets, self.dtype,
                                          self.batched, notes)
+        loss.plan = self._plan  # the batching planned at the first check
         self._current.loss = loss
         try:
             self._gradient = _grads_of(loss) if self.rows is None \
                 else _autograd_gradient(loss, args)
             report = monitor.step(theta, args=args)
         finally:
+            self._plan = loss.plan
             self._current.loss, self._gradient = None, None
             self.seconds += time.perf_counter() - started
         return None if report is None else noted(report, notes)
