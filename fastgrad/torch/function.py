@@ -152,14 +152,16 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
     products = common.vectors(_as_arrays(cotangents, outputs), out_layout, entropy, "cotangents")
     theta = {name: to_numpy(leaf, working) for name, leaf in leaves.items()}
     out_bytes = sum(o.numel() * o.element_size() for o in outputs.values())
-    reports = []
+    reports, plan = [], None
     for u in products:
         parts = _cotangent(u, outputs)
         given = _vjp(outputs, parts, leaves)
         loss = InnerProduct(call, torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).to(device),
                             leaves, out_bytes, batched)
+        loss.plan = plan  # vmap or single calls, planned for the first cotangent: the same fn
         reports.append(run_check(loss, given, theta,
                                  validate.check_options(loss, seed=entropy, **options)))
+        plan = loss.plan
     return noted(combined_report(reports, sum(v.size for v in theta.values()),
                                  out_layout.size, 1, entropy, clock.seconds()), notes)
 
