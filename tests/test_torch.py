@@ -163,6 +163,8 @@ def test_tuple_and_dict_outputs_and_keyword_inputs():
         return {"square": square, "total": total}
 
     assert check_function(lambda a: {"square": a * a, "total": a.sum()}, x, seed=0).passed
+    summed = check_function(torch.sum, x, kwargs={"dim": 1}, seed=0)  # constants by keyword
+    assert summed.passed and summed.outputs == 3
     assert check_function(as_dict, x, seed=0).verdict == "fail"
     given = [{"square": torch.zeros(3, 2, dtype=torch.float64), "total": torch.tensor(1.0)}]
     only_sum = check_function(as_dict, x, cotangents=given, seed=0)

@@ -85,7 +85,8 @@ class InnerProduct(TorchScalar):
 
 
 def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed: int | None = None,
-                   dtype=None, batched: bool | str = "auto", **options: Any) -> ProductReport:
+                   dtype=None, batched: bool | str = "auto", kwargs: Mapping | None = None,
+                   **options: Any) -> ProductReport:
     """Check the VJPs autograd computes for ``fn`` against finite differences of fn's forward.
 
     Parameters
@@ -108,6 +109,8 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
         "auto": chunks of perturbed inputs evaluated by one ``torch.func.vmap`` call each when
         vmap works on fn, agrees with single calls and is faster per point (timed once, on 32
         points); True: whenever vmap works; False: one call per point.
+    kwargs : dict, optional
+        More keyword arguments of fn, passed as given and not checked (``{"dim": 1}``).
     **options
         Tensors with ``requires_grad`` are keyword inputs (named by their keyword); the rest
         are fastgrad.check's method, eps, sample, detect, directions, progress.
@@ -140,7 +143,8 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
     working, notes = working_dtype(checked, dtype)
     cast = working if dtype is not None else None
     positional = tuple(_cast(value, cast) for value in inputs)
-    keywords = {key: _cast(value, cast) for key, value in keyword_inputs.items()}
+    keywords = {**validate.kwargs(kwargs),
+                **{key: _cast(value, cast) for key, value in keyword_inputs.items()}}
     call = Call(fn, positional, keywords, list(checked))
     leaves = {name: t.detach().to(working, copy=True).requires_grad_(True)
               for name, t in checked.items()}
