@@ -24,9 +24,9 @@ def _tensor(*shape, seed=0, dtype=torch.float64, device="cpu"):
     return torch.randn(*shape, generator=generator, dtype=dtype).to(device).requires_grad_(True)
 
 
-def planted(bug: str | None):
+def planted(bug: str | None, size: float = 1e-3):
     """tanh(x @ w) as a custom Function (vmap-able: setup_context, generate_vmap_rule), its
-    backward written by hand, with ``bug`` planted in it."""
+    backward written by hand, with ``bug`` planted in it (an element off by relative ``size``)."""
 
     class TanhLinear(torch.autograd.Function):
         generate_vmap_rule = True
@@ -46,7 +46,7 @@ def planted(bug: str | None):
             gx, gw = s @ w.T, x.T @ s
             if bug == "element":
                 gw = gw.clone()
-                gw[1, 2] *= 1 + 1e-3
+                gw[1, 2] *= 1 + size
             elif bug == "negated":
                 gx = -gx
             elif bug == "dropped":
@@ -187,9 +187,12 @@ def test_float32_is_judged_in_float32_without_false_alarms_and_float64_on_reques
         report = check_function(planted(None), x, w, seed=seed)
         assert report.passed, str(report)
         assert report.reports[0].dtype == "float32"
-        assert any("float32" in note and "u^(2/3)" in note for note in report.notes)
-    # A relative error of 1e-3 is far above float32's u^(2/3) ≈ 2e-5: it shows.
-    assert check_function(planted("element"), x, w, seed=0).verdict == "fail"
+        assert any("float32" in note and "dtype='float64'" in note for note in report.notes)
+        # One element off by 1e-2 shows in float32 (30 of 30 seeds when measured); off by 1e-3
+        # it shows in about half of them (float32's allowed error is of that order), and in
+        # float64 always: below.
+        caught = check_function(planted("element", 1e-2), x, w, seed=seed)
+        assert caught.verdict == "fail" and caught.worst[0].label.endswith("input1[1, 2]")
     wide = check_function(planted(None), x, w, seed=0, dtype="float64")
     assert wide.passed and wide.reports[0].dtype == "float64"
     assert any("evaluated in torch.float64" in note for note in wide.notes)

@@ -52,9 +52,9 @@ def working_dtype(tensors: Mapping[str, torch.Tensor], dtype) -> tuple[torch.dty
 
 #: The float32 report's note: what a float32 check can and cannot see.
 FLOAT32_NOTE = ("float32 tensors: evaluated and judged in float32 (its steps and allowed errors, "
-                "u = 1.2e-07); an error below the allowed error listed (about u^(2/3) = 2e-05 "
-                "relative for central differences) cannot be told from rounding: "
-                "dtype='float64' sees smaller ones")
+                "u = 1.2e-07): an error below an entry's allowed error (listed) cannot be told from "
+                "rounding, which in float32 can be 1e-3 of the entry; dtype='float64' sees errors "
+                "some 1e5 times smaller")
 
 
 def to_numpy(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
