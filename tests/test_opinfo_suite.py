@@ -27,11 +27,14 @@ SAMPLES = 2
 pytestmark = pytest.mark.filterwarnings("ignore:torch.cholesky is deprecated:UserWarning")
 
 
-@pytest.fixture(scope="module")
-def suite():
+@pytest.fixture(scope="module", params=sorted(opinfo.FASTGRAD_APIS))
+def suite(request):
+    """The subset checked with fastgrad reached through each of its APIs (torch, numpy)."""
+    if request.param == "torch" and opinfo.default_api() != "torch":
+        pytest.skip("fastgrad.torch is not in this fastgrad")
     cases, left_out = opinfo.collect_cases(len(OPS), SAMPLES, OPS)
     before = [[t.detach().clone() for t in case.inputs] for case in cases]
-    records = opinfo.run_suite(cases)
+    records = opinfo.run_suite(cases, request.param)
     return cases, left_out, records, before
 
 

@@ -13,7 +13,8 @@ for each operator, the sample inputs its own gradcheck tests use.  For each oper
   the operator) with (a) one element of one input's gradient off by a relative 1e-3, (b) one
   input's gradient negated, (c) one input's gradient dropped (``None``, read as zero).
 
-The checkers: fastgrad (:data:`FASTGRAD`, one switchable function), ``gradcheck`` (rtol 1e-3,
+The checkers: fastgrad (through ``fastgrad.torch.check_function`` where it exists, else through
+``fastgrad.check_vjp`` on NumPy arrays: :data:`FASTGRAD_APIS`, ``--fastgrad``), ``gradcheck`` (rtol 1e-3,
 atol 1e-5) and ``gradcheck(fast_mode=True)``; a bug is caught when the checker fails
 (fastgrad: verdict "fail"; gradcheck: ``GradcheckError``).  Every check's wall time is summed
 per checker, in one run.
@@ -338,13 +339,30 @@ def fastgrad_numpy(fn: Callable, inputs: tuple, seed: int = SEED):
     return fastgrad.check_vjp(fun, vjp, x, seed=seed)
 
 
-#: The fastgrad column: one function ``(fn, inputs, seed) -> report``, to switch when the
-#: framework API (``fastgrad.torch.check_function``) is there.
-FASTGRAD: Callable = fastgrad_numpy
+def fastgrad_torch(fn: Callable, inputs: tuple, seed: int = SEED):
+    """fastgrad's VJP check of ``fn`` through ``fastgrad.torch.check_function`` (its
+    defaults: 4 cotangents, vmap batches where vmap works on fn and is faster)."""
+    from fastgrad.torch import check_function
+
+    return check_function(fn, *inputs, seed=seed)
 
 
-def fastgrad_caught(fn: Callable, inputs: tuple) -> tuple[bool, str]:
-    report = FASTGRAD(fn, inputs, seed=SEED)
+#: The ways to reach fastgrad: the framework API, or the NumPy API through a wrapper.
+FASTGRAD_APIS: dict[str, Callable] = {"torch": fastgrad_torch, "numpy": fastgrad_numpy}
+
+
+def default_api() -> str:
+    """"torch" where ``fastgrad.torch`` exists, else "numpy"."""
+    try:
+        import fastgrad.torch  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "torch"
+
+
+def fastgrad_caught(fn: Callable, inputs: tuple, api: str) -> tuple[bool, str]:
+    """Whether fastgrad, reached through ``api``, fails ``fn``; and its verdict."""
+    report = FASTGRAD_APIS[api](fn, inputs, seed=SEED)
     return not report.passed, report.verdict
 
 
@@ -361,17 +379,18 @@ def gradcheck_caught(fn: Callable, inputs: tuple, fast_mode: bool = False) -> tu
     return False, "pass"
 
 
-CHECKERS: dict[str, Callable] = {
-    "fastgrad": fastgrad_caught,
-    "gradcheck": gradcheck_caught,
-    "gradcheck_fast": lambda fn, inputs: gradcheck_caught(fn, inputs, fast_mode=True),
-}
+def checkers(api: str) -> dict[str, Callable]:
+    """The three columns, each ``(fn, inputs) -> (failed, verdict)``; the fastgrad column
+    reaches fastgrad through ``api`` (a key of :data:`FASTGRAD_APIS`)."""
+    return {"fastgrad": lambda fn, inputs: fastgrad_caught(fn, inputs, api),
+            "gradcheck": gradcheck_caught,
+            "gradcheck_fast": lambda fn, inputs: gradcheck_caught(fn, inputs, fast_mode=True)}
 
 
-def judge_all(fn: Callable, inputs: tuple) -> dict:
+def judge_all(fn: Callable, inputs: tuple, columns: dict[str, Callable]) -> dict:
     """Each checker's verdict on ``fn`` at ``inputs``, whether it failed, and its wall time."""
     judged_by = {}
-    for tool, checker in CHECKERS.items():
+    for tool, checker in columns.items():
         started = time.perf_counter()
         try:
             failed, verdict = checker(fn, inputs)
@@ -383,20 +402,22 @@ def judge_all(fn: Callable, inputs: tuple) -> dict:
 
 
 # ------------------------------------------------------------------------------ the suite
-def run_suite(cases: list[Case], progress: bool = False) -> list[dict]:
-    """Every case: the checkers on the true backward and on each planted bug."""
+def run_suite(cases: list[Case], api: str, progress: bool = False) -> list[dict]:
+    """Every case: the checkers (fastgrad through ``api``) on the true backward and on each
+    planted bug."""
+    columns = checkers(api)
     records = []
     for number, case in enumerate(cases, 1):
         if progress:
             print(f"  [{number}/{len(cases)}] {case.label}", file=sys.stderr, flush=True)
         record = {"op": case.op, "sample": case.sample,
                   "sizes": [int(t.numel()) for t in case.inputs],
-                  "true": judge_all(case.fn, case.inputs), "bugs": {}}
+                  "true": judge_all(case.fn, case.inputs, columns), "bugs": {}}
         rng = np.random.default_rng([SEED, zlib.crc32(case.op.encode()), case.sample])
         for bug in BUGS:
             made = planted(case, bug, rng)
             if made is not None:
-                record["bugs"][bug] = {"where": made[1], **judge_all(made[0], case.inputs)}
+                record["bugs"][bug] = {"where": made[1], **judge_all(made[0], case.inputs, columns)}
         records.append(record)
     return records
 
@@ -449,19 +470,23 @@ def peer_table(summary: dict) -> str:
 
 
 def measure_opinfo(ops: int = FULL_OPS, samples: int = SAMPLES, names: Sequence[str] | None = None,
-                   progress: bool = True) -> Section:
-    """The ``opinfo`` section of ``fastgrad bench`` (and of the standalone run)."""
+                   progress: bool = True, api: str | None = None) -> Section:
+    """The ``opinfo`` section of ``fastgrad bench`` (and of the standalone run); ``api``:
+    how fastgrad is reached, "torch" or "numpy" (default: "torch" where it exists)."""
     title = "PyTorch OpInfo operators: fastgrad vs gradcheck"
     op_db, why = opinfo_database()
     if op_db is None:
         return skipped("opinfo", title, why)
     import torch
 
+    api = api or default_api()
+
     cases, left_out = collect_cases(ops, samples, names)
-    records = run_suite(cases, progress)
+    records = run_suite(cases, api, progress)
     summary = summarise(records)
     section = Section("opinfo", title, {
         "rule": __doc__.split("Which operators: ", 1)[1].strip(), "samples_per_op": samples,
+        "fastgrad_api": api,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "summary": summary, "table": peer_table(summary), "left_out": left_out, "cases": records})
     cases_text = f"{summary['operators']} operators, {summary['cases']} samples"
@@ -495,15 +520,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=SAMPLES,
                         help=f"samples per operator (default {SAMPLES})")
     parser.add_argument("--only", nargs="*", metavar="OP", help="these operators (OpInfo names)")
+    parser.add_argument("--fastgrad", choices=sorted(FASTGRAD_APIS), default=default_api(),
+                        help="reach fastgrad by fastgrad.torch.check_function (torch) or by "
+                             "fastgrad.check_vjp on NumPy arrays (numpy); default %(default)s")
     parser.add_argument("--output", default="fastgrad-opinfo", metavar="STEM",
                         help="write STEM.json and STEM.md (default fastgrad-opinfo)")
     options = parser.parse_args(argv)
     if options.ops < 1 or options.samples < 1:
         parser.error("--ops and --samples must be at least 1")
     meta = machine()
-    meta["mode"] = f"opinfo: {options.ops} operators, {options.samples} samples each"
+    meta["mode"] = (f"opinfo: {options.ops} operators, {options.samples} samples each, fastgrad "
+                    f"through its {options.fastgrad} API")
     started = time.perf_counter()
-    section = measure_opinfo(options.ops, options.samples, options.only)
+    section = measure_opinfo(options.ops, options.samples, options.only, api=options.fastgrad)
     meta["bench_seconds"] = time.perf_counter() - started
     table = outputs.markdown(meta, [section])
     if "table" in section.figures:
