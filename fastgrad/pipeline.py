@@ -134,6 +134,7 @@ def run_check(loss: Callable, grad, theta, options: validate.CheckOptions,
                               seconds=time.perf_counter() - started, timings=timings)
         if run.blas is not None:  # what the BLAS timing chose (engine.with_blas_timed)
             report.notes.append(run.blas.note())
+        report.notes.extend(run.evaluator.notes())
         return report
     finally:
         if bar is not None:

@@ -21,9 +21,10 @@ import fastgrad as fg
 from fastgrad.models import logistic
 
 COMPARISONS = ("efficiency", "growth", "naive", "scipy", "logistic", "monitor", "startup",
-               "memory", "derivatives", "torch")
-#: Comparisons that need an optional dependency: skipped (with a line saying so) without it.
-OPTIONAL = {"scipy": "scipy", "torch": "torch", "derivatives": "scipy"}
+               "memory", "derivatives", "torch", "opinfo")
+#: Comparisons that need optional dependencies: skipped (with a line saying so) without them.
+OPTIONAL = {"scipy": ("scipy",), "torch": ("torch",), "derivatives": ("scipy",),
+            "opinfo": ("torch", "expecttest")}
 STATUSES = {"met", "MISSED", "skipped", "n/a", ""}
 
 
@@ -66,7 +67,7 @@ def test_comparisons_ran_unless_a_dependency_is_missing(quick_run):
     for key in COMPARISONS:
         figures = comparisons[key]["figures"]
         assert "error" not in figures, figures.get("traceback")
-        installed = key not in OPTIONAL or importlib.util.find_spec(OPTIONAL[key]) is not None
+        installed = all(importlib.util.find_spec(name) is not None for name in OPTIONAL.get(key, ()))
         assert ("skipped" in figures) == (not installed), (key, figures.get("skipped"))
 
 

@@ -23,9 +23,10 @@ memory         peak memory against n, 1 and all workers                    :mod:
 executors      NumPy MLP serial/processes/dask, forward vs SciPy, per chunk :mod:`.executors`
 derivatives    sparse Jacobian n = 10^5 by column groups; Taylor test       :mod:`.derivatives`
 torch          vs torch.autograd.gradcheck (float64)                       :mod:`.peers`
+opinfo         PyTorch's operators and samples: planted bugs vs gradcheck  :mod:`.opinfo`
 =============  ==========================================================  ================
 
-torch runs last: its thread pool must not disturb the other timings.  Before each
+torch and opinfo run last: torch's thread pool must not disturb the other timings.  Before each
 section a full run waits (up to a minute) for other processes to go quiet, and every
 timing records the cores this process got and the cores others used meanwhile
 (``cores_used``, ``others_cores`` in the JSON).  The exit status
@@ -48,6 +49,7 @@ from .derivatives import measure_derivatives
 from .executors import measure_executors
 from .fresh import measure_first_check, measure_memory
 from .large import measure_logistic
+from .opinfo import measure_opinfo
 from .peers import compare_naive, compare_scipy, compare_torch
 from .scaling import measure_efficiency, measure_growth
 from .training import measure_monitor
@@ -74,6 +76,7 @@ def _plan(sizes, done: dict) -> list:
         ("executors", "executors", lambda: measure_executors(sizes)),
         ("derivatives", "derivatives", lambda: measure_derivatives(sizes)),
         ("torch", "torch gradcheck", lambda: compare_torch(sizes)),
+        ("opinfo", "PyTorch OpInfo operators", lambda: measure_opinfo(sizes.opinfo_ops)),
     ]
 
 

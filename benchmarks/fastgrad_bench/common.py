@@ -89,6 +89,7 @@ class Sizes:
     monitor_repeats: int
     jacobian_n: int  # the sparse (tridiagonal) residual of the derivatives section
     dense_n: int  # the same residual checked column by column, and by torch's gradcheck
+    opinfo_ops: int  # PyTorch OpInfo operators against gradcheck (first 3 samples of each)
 
 
 FULL = Sizes(m=16, naive_shapes=((20, 40, 5), (64, 128, 10)),
@@ -98,7 +99,7 @@ FULL = Sizes(m=16, naive_shapes=((20, 40, 5), (64, 128, 10)),
              warm_runs=3, memory_sizes=(100_000, 300_000, 1_000_000), logistic_n=10_000_000,
              logistic_m=5000, logistic_k=1000, monitor_steps=2000, monitor_batch=256,
              monitor_every=100, monitor_shape=(64, 128, 10), monitor_repeats=3,
-             jacobian_n=100_000, dense_n=2_000)
+             jacobian_n=100_000, dense_n=2_000, opinfo_ops=60)
 
 QUICK = Sizes(m=8, naive_shapes=((8, 16, 4),), scaling_shapes=((8, 16, 4), (20, 40, 5)),
               sampled_shapes=((8, 16, 4), (20, 40, 5), (64, 128, 10)), sample_k=32, repeats=1,
@@ -106,7 +107,7 @@ QUICK = Sizes(m=8, naive_shapes=((8, 16, 4),), scaling_shapes=((8, 16, 4), (20, 
               memory_sizes=(10_000, 100_000), logistic_n=100_000, logistic_m=500,
               logistic_k=100, monitor_steps=200, monitor_batch=32, monitor_every=100,
               monitor_shape=(20, 40, 5), monitor_repeats=1,
-              jacobian_n=1_000, dense_n=100)
+              jacobian_n=1_000, dense_n=100, opinfo_ops=5)
 
 
 def mlp_size(shape: Shape) -> int:

@@ -108,7 +108,11 @@ def default_executor(evaluator: Evaluator, workers: int | None,
     ``workers``) on threads, as many as workers (default: every core); a Python loss on
     :class:`ProcessPool` over every core when :func:`processes_pay` for its estimated
     ``serial_seconds`` (None: unknown), it pickles and new workers would not run the user's
-    script again (:func:`~.processes.workers_skip_main`), else in the calling thread."""
+    script again (:func:`~.processes.workers_skip_main`), else in the calling thread.  An
+    evaluator with its own threads (:attr:`~.base.Evaluator.own_threads`) runs in the calling
+    thread."""
+    if evaluator.own_threads:
+        return _CALLING_THREAD
     if isinstance(evaluator, CompiledEvaluator) or workers is not None:
         count = evaluator.default_workers if workers is None else workers
         return ThreadPool(count) if count > 1 else CallingThread()
@@ -150,8 +154,8 @@ def serial_seconds(run: Engine, evaluations: int) -> float:
     CONFIRMING_CALLS more calls at θ: a first call (cold caches, imports) or a busy moment
     of the machine overstates a loss's time, and the choice should not follow it."""
     seconds = run.seconds_per_evaluation
-    if isinstance(run.evaluator, CompiledEvaluator) or not processes_pay(seconds * evaluations,
-                                                                          available_cores()):
+    if isinstance(run.evaluator, CompiledEvaluator) or run.evaluator.own_threads \
+            or not processes_pay(seconds * evaluations, available_cores()):
         return seconds * evaluations
     for _ in range(CONFIRMING_CALLS):
         run.at_changed(_NOWHERE, np.empty(0), "while timing the loss")
@@ -166,7 +170,8 @@ def with_blas_timed(run: Engine, evaluations: int) -> Engine:
     """``run``, keeping for its ``evaluations`` more evaluations the BLAS threads that
     :func:`~.blas.time_blas_threads` finds faster for this loss (timed at θ), when it runs
     on the calling thread; several workers hold BLAS to one thread each."""
-    if isinstance(run.executor, CallingThread) and run.blas is None:
+    if isinstance(run.executor, CallingThread) and run.blas is None \
+            and not run.evaluator.own_threads:
         run.blas = time_blas_threads(
             lambda: run.at_changed(_NOWHERE, np.empty(0), "while timing BLAS's threads"), evaluations)
     return run
@@ -174,9 +179,14 @@ def with_blas_timed(run: Engine, evaluations: int) -> Engine:
 
 def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
                    engine: str = "auto") -> Evaluator:
-    """How ``loss`` is evaluated: compiled chunk kernels for a Numba dispatcher (unless
+    """How ``loss`` is evaluated: the evaluator a loss object makes for itself through its
+    method ``fastgrad_evaluator(theta, args, layout)`` (a framework's batched evaluation,
+    :mod:`fastgrad.torch`), compiled chunk kernels for a Numba dispatcher (unless
     ``engine="python"``), Python calls otherwise."""
     validate.callable_of("loss", loss)
+    own = getattr(loss, "fastgrad_evaluator", None)
+    if own is not None:
+        return own(theta, args, layout)
     engine = validate.engine(engine)
     if engine == "numba" and not is_compiled(loss):
         raise InputError("engine='numba' needs a Numba-compiled loss (an @njit function)")

@@ -36,6 +36,9 @@ class Evaluator(ABC):
     #: Trailing shape of ``out`` per evaluation: () for a scalar loss, (m,) for a function
     #: whose output (flattened) has m values (:mod:`.vector`).
     output_shape: tuple[int, ...] = ()
+    #: True for an evaluator that parallelises its own chunks (a framework's intra-op threads,
+    #: a GPU): its batches run on the calling thread, with BLAS's threads as they are.
+    own_threads: bool = False
 
     def __init__(self, loss, theta: np.ndarray, args: tuple):
         self.loss = loss
@@ -50,6 +53,10 @@ class Evaluator(ABC):
     @abstractmethod
     def view(self, flat: np.ndarray):
         """What the loss receives for the flat vector ``flat`` (sharing its memory)."""
+
+    def notes(self) -> list[str]:
+        """What the report should say about how the loss was evaluated (none by default)."""
+        return []
 
     def workspace(self) -> Workspace:
         return Workspace(self.theta, self.view)

@@ -93,7 +93,7 @@ def check_vjp(fun: Callable, vjp: Callable, x, args: tuple | list = (), *,
                          validate.check_options(fun, seed=entropy, **_loss_args(function, u),
                                                 **check_options))
                for u, g in zip(products, given, strict=True)]
-    return _combined(reports, layout.size, out_layout.size, function.evaluations, entropy,
+    return combined_report(reports, layout.size, out_layout.size, function.evaluations, entropy,
                      clock.seconds())
 
 
@@ -134,7 +134,7 @@ def _make_inner(fun):
     return inner
 
 
-def _combined(reports: list[Report], size: int, outputs: int, evaluations: int, entropy: int,
+def combined_report(reports: list[Report], size: int, outputs: int, evaluations: int, entropy: int,
               seconds: float) -> ProductReport:
     """The report of every cotangent's check: the worst verdict, the worst entries."""
     entries, summaries, notes = [], [], []
