@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from .report import CheckReport
 
-__all__ = ["assert_gradient", "assert_jacobian", "assert_jvp",
+__all__ = ["assert_gradient", "assert_jacobian", "assert_jax_function", "assert_jvp",
            "assert_torch_function", "assert_vjp"]
 
 
@@ -112,6 +112,14 @@ def assert_jacobian(fun, jac, x, args: tuple | list = (), *, strict: bool | None
     from .jacobian import check_jacobian
 
     return _settled(check_jacobian(fun, jac, x, args, **options), strict)
+
+
+def assert_jax_function(fun, *args: Any, strict: bool | None = None, **options: Any) -> CheckReport:
+    """:func:`fastgrad.jax.check_function` (same arguments), asserted."""
+    __tracebackhide__ = True
+    from .jax import check_function
+
+    return _settled(check_function(fun, *args, **options), strict)
 
 
 def assert_torch_function(fn, *inputs: Any, strict: bool | None = None, **options: Any) -> CheckReport:

@@ -175,9 +175,14 @@ def with_blas_timed(run: Engine, evaluations: int) -> Engine:
 def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
                    engine: str = "auto") -> Evaluator:
     """How ``loss`` is evaluated: compiled chunk kernels for a Numba dispatcher (unless
-    ``engine="python"``), Python calls otherwise."""
+    ``engine="python"``), the loss's own evaluator when it offers one
+    (``loss.fastgrad_evaluator(theta, args, layout)``, e.g. a framework's batched calls:
+    :mod:`fastgrad.jax`) and ``engine="auto"``, Python calls otherwise."""
     validate.callable_of("loss", loss)
     engine = validate.engine(engine)
+    offered = getattr(loss, "fastgrad_evaluator", None)
+    if engine == "auto" and offered is not None:
+        return offered(theta, args, layout)
     if engine == "numba" and not is_compiled(loss):
         raise InputError("engine='numba' needs a Numba-compiled loss (an @njit function)")
     if engine in ("auto", "numba") and is_compiled(loss):

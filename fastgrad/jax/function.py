@@ -1,0 +1,312 @@
+"""A JAX function as fastgrad's checks see it: ``fun(x) -> outputs`` on a dict x of float64
+NumPy arrays, its derivative rules by ``jax.vjp`` and ``jax.jvp``, and ⟨u, fun(x)⟩ evaluated
+on a whole chunk of perturbed points in one ``jax.jit(jax.vmap(...))`` call.
+
+Inputs: every float leaf of ``fun``'s args and kwargs, named ``input0``, ``input1`` … by
+position and by its keyword otherwise, a pytree's leaves by their path (``input0['W']``,
+``input1[2]``); other leaves (integers, booleans) are held fixed.  Outputs: one array, or a
+dict of ``fun``'s output leaves named by their path (``out['loss']``, ``out[1]``).
+Every JAX call runs inside ``jax.enable_x64(True)`` (thread-local): float64 for the check,
+the user's global setting untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine.base import Evaluator, Workspace
+from ..errors import InputError, LossError, describe
+from ..parameters import ParameterLayout
+
+#: The output's group name in labels when fun returns a single array.
+OUTPUT = "out"
+#: Batch sizes the vmapped function is compiled for; a chunk's points are padded up to the
+#: next one (with copies of x), so that jit compiles at most len(BATCH_SIZES) shapes.
+BATCH_SIZES = (8, 64, 512)
+#: Cap on one batch's perturbed points, in bytes (B·n float64 values): the batch is cut to
+#: stay below it (the function's own intermediates scale with B too).
+BATCH_BYTES = 64 * 2 ** 20
+
+
+def x64():
+    """float64 inside the block only: ``jax.enable_x64(True)`` (thread-local), or
+    ``jax.experimental.enable_x64()`` on JAX releases without it."""
+    scoped = getattr(jax, "enable_x64", None)
+    if scoped is not None:
+        return scoped(True)
+    from jax.experimental import enable_x64  # type: ignore[attr-defined, unused-ignore]  # older JAX
+
+    return enable_x64()
+
+
+def _name(root: str, path: tuple) -> str:
+    return root + jax.tree_util.keystr(path)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """fun's args and kwargs as one pytree's leaves, and which of them are x's arrays."""
+
+    tree: object  # the treedef of (args, kwargs)
+    leaves: list
+    names: dict[int, str]  # leaf index -> input name, for the float leaves (x's groups)
+    precisions: set[str]  # the float dtypes given, e.g. {"float32"}
+
+    @classmethod
+    def of(cls, args: tuple, kwargs: dict) -> Inputs:
+        flat, tree = jax.tree_util.tree_flatten_with_path((tuple(args), dict(kwargs)))
+        names, precisions = {}, set()
+        for index, (path, leaf) in enumerate(flat):
+            dtype = np.result_type(leaf) if isinstance(leaf, (float, np.ndarray, jax.Array, np.generic)) \
+                else None
+            if dtype is None or dtype.kind not in "fc":
+                continue
+            first, rest = path[0], path[1:]  # (args, kwargs) index, then the argument
+            argument = rest[0]
+            root = f"input{argument.idx}" if first.idx == 0 else str(argument.key)
+            names[index] = _name(root, rest[1:])
+            if dtype.kind == "c":
+                raise InputError(f"{names[index]} is complex ({dtype}); fastgrad.jax checks "
+                                 "real inputs")
+            precisions.add(str(dtype))
+        if not names:
+            raise InputError("fun's arguments have no float array (or float pytree leaf) to "
+                             "differentiate")
+        return cls(tree, [leaf for _, leaf in flat], names, precisions)
+
+    def x(self) -> dict[str, np.ndarray]:
+        """The inputs as float64 NumPy arrays: the point of the check."""
+        return {name: np.array(self.leaves[i], dtype=np.float64) for i, name in self.names.items()}
+
+    def call(self, fun: Callable, arrays):
+        """fun(*args, **kwargs) with x's leaves replaced by ``arrays`` (in x's order)."""
+        leaves = list(self.leaves)
+        for index, array in zip(self.names, arrays, strict=True):
+            leaves[index] = array
+        args, kwargs = jax.tree_util.tree_unflatten(self.tree, leaves)
+        return fun(*args, **kwargs)
+
+
+class JaxFunction:
+    """``fun`` on x (a dict of arrays, or the flat vector inside JAX), with its products.
+
+    ``__call__(x)`` gives fun's outputs as NumPy (one array or a dict, see the module
+    docstring); :meth:`vjp` and :meth:`jvp` are the linearized forms that
+    :func:`fastgrad.check_vjp` and :func:`fastgrad.check_jvp` take;
+    :meth:`fastgrad_inner_product` is the scalar loss L_u(x) = ⟨u, fun(x)⟩ that check_vjp
+    checks, which evaluates chunks of points with ``jax.vmap`` (:class:`JaxEvaluator`).
+    """
+
+    def __init__(self, fun: Callable, inputs: Inputs):
+        self.fun = fun
+        self.inputs = inputs
+        self.layout, self.x = ParameterLayout.from_theta(inputs.x())
+        try:
+            with x64():
+                structure = jax.tree_util.tree_flatten_with_path(jax.eval_shape(
+                    lambda *a: inputs.call(fun, a), *self._arrays(jnp.asarray(self.x))))[0]
+        except Exception as error:
+            raise LossError(f"fun raised {type(error).__name__} when traced at its arguments (it "
+                            f"must be traceable by jax.jit): {describe(error)}") from error
+        self.output_names = [OUTPUT] if len(structure) == 1 and not structure[0][0] \
+            else [_name(OUTPUT, path) for path, _ in structure]
+        self.output_shapes = [tuple(shape.shape) for _, shape in structure]
+        for name, (_, shape) in zip(self.output_names, structure, strict=True):
+            if np.dtype(shape.dtype).kind != "f":
+                raise InputError(f"fun's output {name} has dtype {shape.dtype}: fastgrad.jax checks "
+                                 "float outputs")
+        self._single = jax.jit(self._flat_outputs)
+        self._inner = jax.jit(self._inner_at)
+        self._batch = jax.jit(jax.vmap(self._inner_at, in_axes=(0, None)))
+        self.evaluations = Evaluations()
+
+    # ------------------------------------------------------------ inside JAX
+    def _arrays(self, flat):
+        """x's arrays (in x's order) from its flat vector."""
+        return [flat[g.offset:g.stop].reshape(g.shape) for g in self.layout.groups]
+
+    def _outputs(self, *arrays) -> list:
+        """fun's output leaves at x's ``arrays``, in the output's flattening order."""
+        return jax.tree_util.tree_leaves(self.inputs.call(self.fun, arrays))
+
+    def _flat_outputs(self, flat):
+        return self._outputs(*self._arrays(flat))
+
+    def _inner_at(self, flat, u):
+        return jnp.vdot(u, jnp.concatenate([jnp.ravel(leaf) for leaf in self._flat_outputs(flat)]))
+
+    # ------------------------------------------------------------ NumPy in and out
+    def structured(self, leaves) -> np.ndarray | dict[str, np.ndarray]:
+        """fun's output leaves as NumPy: one array, or a dict named by their paths."""
+        arrays = [np.asarray(leaf, dtype=np.float64) for leaf in leaves]
+        return arrays[0] if self.output_names == [OUTPUT] else dict(zip(self.output_names, arrays,
+                                                                         strict=True))
+
+    def output_leaves(self, value) -> tuple:
+        """A value in the output's structure (a cotangent u) as a tuple of its leaves."""
+        arrays = [value[name] for name in self.output_names] if isinstance(value, Mapping) else [value]
+        return tuple(jnp.asarray(np.asarray(a, dtype=np.float64).reshape(shape))
+                     for a, shape in zip(arrays, self.output_shapes, strict=True))
+
+    def input_arrays(self, x: Mapping) -> list:
+        return [jnp.asarray(np.asarray(x[g.name], dtype=np.float64)) for g in self.layout.groups]
+
+    def flat(self, x: Mapping) -> np.ndarray:
+        return np.concatenate([np.asarray(x[g.name], dtype=np.float64).ravel()
+                               for g in self.layout.groups])
+
+    def __call__(self, x: Mapping):
+        """fun(x) as NumPy (one jitted call)."""
+        with x64():
+            return self.structured(self._single(self.flat(x)))
+
+    def vjp(self, x: Mapping):
+        """(fun(x), u ↦ Jᵀu in x's structure) by ``jax.vjp``: check_vjp's ``linearized`` form."""
+        with x64():
+            value, pull = jax.vjp(self._outputs, *self.input_arrays(x))
+
+        def pullback(u):
+            with x64():
+                grads = pull(list(self.output_leaves(u)))
+            return {g.name: np.asarray(grad, dtype=np.float64)
+                    for g, grad in zip(self.layout.groups, grads, strict=True)}
+        return self.structured(value), pullback
+
+    def jvp(self, x: Mapping):
+        """(fun(x), v ↦ J·v in the output's structure) by ``jax.jvp``: check_jvp's
+        ``linearized`` form.  Raises what ``jax.jvp`` raises where forward mode is undefined
+        (a ``jax.custom_vjp`` function)."""
+        primals = self.input_arrays(x)
+
+        def push(v):
+            with x64():
+                return self.structured(jax.jvp(self._outputs, primals, self.input_arrays(v))[1])
+        with x64():
+            value = self.structured(jax.jvp(self._outputs, primals,
+                                            [jnp.zeros_like(p) for p in primals])[0])
+        return value, push
+
+    def fastgrad_inner_product(self, u: np.ndarray) -> InnerProduct:
+        """L_u(x) = ⟨u, fun(x)⟩ for a flat cotangent u (the seam check_vjp looks for)."""
+        return InnerProduct(self, u)
+
+    # ------------------------------------------------------------ batches
+    def inner_batch(self, points: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """⟨u, fun(p)⟩ for each row p of ``points``, by the jitted vmapped function, in
+        batches padded to :data:`BATCH_SIZES` and cut to :data:`BATCH_BYTES`."""
+        count, size = points.shape
+        largest = batch_points(size)
+        sizes = [b for b in BATCH_SIZES if b < largest] + [largest]
+        values = np.empty(count)
+        with x64():
+            for start in range(0, count, largest):
+                part = points[start:start + largest]
+                taken = len(part)
+                padded = next(b for b in sizes if b >= taken)
+                if padded > taken:
+                    part = np.concatenate([part, np.broadcast_to(self.x, (padded - taken, size))])
+                values[start:start + taken] = np.asarray(self._batch(part, u))[:taken]
+        self.evaluations.batched += count
+        return values
+
+    def inner_single(self, point: np.ndarray, u: np.ndarray) -> float:
+        with x64():
+            value = float(self._inner(point, u))
+        self.evaluations.single += 1
+        return value
+
+
+@dataclass
+class Evaluations:
+    """How the perturbed points were evaluated: in vmapped batches or one call each, and
+    why vmap was given up (None: it was not)."""
+
+    batched: int = 0
+    single: int = 0
+    vmap_failure: str | None = None
+
+    def note(self) -> str:
+        if self.vmap_failure is not None:
+            return (f"evaluations: jax.vmap failed ({self.vmap_failure}); one jitted call per "
+                    f"point instead ({self.single:,} calls, {self.batched:,} points batched before)")
+        if not self.batched:
+            return f"evaluations: one jitted call per point ({self.single:,} calls), no batch"
+        return (f"evaluations: {self.batched:,} perturbed points in jax.vmap batches under "
+                f"jax.jit (padded to {', '.join(map(str, BATCH_SIZES))} points), "
+                f"{self.single:,} single jitted calls")
+
+
+class InnerProduct:
+    """The scalar loss L_u(x) = ⟨u, fun(x)⟩ of :func:`fastgrad.check_vjp`, called with x's
+    dict; ``fastgrad_evaluator`` gives fastgrad's engine its batched evaluator."""
+
+    def __init__(self, function: JaxFunction, u: np.ndarray):
+        self.function = function
+        self.u = np.asarray(u, dtype=np.float64)
+
+    def __call__(self, x: Mapping) -> float:
+        return self.function.inner_single(self.function.flat(x), self.u)
+
+    def fastgrad_evaluator(self, theta: np.ndarray, args: tuple, layout: ParameterLayout) -> JaxEvaluator:
+        return JaxEvaluator(self, theta, args, layout)
+
+
+class JaxEvaluator(Evaluator):
+    """Evaluates a chunk's rows (θ with θ[coords[j]] = values[j, q]) as one batch of points
+    by ``jax.vmap`` under ``jax.jit``; if vmap fails (a function that cannot be batched),
+    one jitted call per point from then on, as :class:`Evaluations` records.  It stays in
+    this process and thread (XLA runs its own threads): it does not pickle."""
+
+    def __init__(self, loss: InnerProduct, theta: np.ndarray, args: tuple, layout: ParameterLayout):
+        super().__init__(loss, theta, args)
+        self.layout = layout
+        self.inner = loss
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "jax" if self.inner.function.evaluations.vmap_failure else "jax.vmap"
+
+    @property
+    def default_workers(self) -> int:
+        return 1
+
+    def view(self, flat: np.ndarray):
+        return self.layout.structured(flat)
+
+    def __reduce__(self):
+        raise TypeError("a JAX evaluator runs in the process that traced it")
+
+    def evaluate_chunk(self, workspace: Workspace, coords, values, out, start, stop) -> None:
+        function, u = self.inner.function, self.inner.u
+        points = values.shape[1]
+        count = (stop - start) * points
+        if function.evaluations.vmap_failure is None:
+            batch = np.repeat(self.theta[None, :].astype(np.float64), count, axis=0)
+            batch[np.arange(count), np.repeat(coords[start:stop], points)] = values[start:stop].ravel()
+            workspace.cursor[:] = (start, 0)
+            try:
+                out[start:stop] = function.inner_batch(batch, u).reshape(stop - start, points)
+                return
+            except Exception as error:  # not batchable: one call per point (its errors are the loss's)
+                function.evaluations.vmap_failure = f"{type(error).__name__}: {describe(error)[:200]}"
+        flat, cursor = workspace.flat, workspace.cursor
+        for j in range(start, stop):
+            cursor[0] = j
+            i = coords[j]
+            try:
+                for q in range(points):
+                    cursor[1] = q
+                    flat[i] = values[j, q]
+                    out[j, q] = function.inner_single(flat, u)
+            finally:
+                flat[i] = self.theta[i]
+
+
+def batch_points(size: int) -> int:
+    """The largest batch for x of ``size`` values (:data:`BATCH_BYTES`, :data:`BATCH_SIZES`)."""
+    return max(1, min(BATCH_SIZES[-1], BATCH_BYTES // (8 * max(size, 1))))
