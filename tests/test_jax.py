@@ -204,3 +204,23 @@ def test_import_fastgrad_does_not_import_jax():
     code = "import sys, fastgrad, fastgrad.testing; print('jax' in sys.modules)"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "False"
+
+
+def test_batches_continue_only_while_a_point_costs_less_in_them():
+    from fastgrad.jax.function import Evaluations
+
+    measured = Evaluations()
+    measured.timed_single(20e-6)
+    assert measured.batching  # no warm batch timed yet
+    measured.timed_batch(512 * 5e-6, 512)
+    measured.batched = 512
+    assert measured.batching and "5 µs per point batched, 20 µs per single call" in measured.note()
+    measured.timed_batch(64 * 30e-6, 64)  # the fastest batch still wins
+    assert measured.batching
+    slow = Evaluations()
+    slow.timed_single(20e-6)
+    slow.timed_batch(8 * 50e-6, 8)
+    slow.batched = 8
+    assert not slow.batching and "single calls from then on" in slow.note()
+    failed = Evaluations(vmap_failure="NotImplementedError: no")
+    assert not failed.batching

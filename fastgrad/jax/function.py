@@ -12,6 +12,8 @@ the user's global setting untouched.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -122,7 +124,8 @@ class JaxFunction:
                                  "float outputs")
         self._single = jax.jit(self._flat_outputs)
         self._inner = jax.jit(self._inner_at)
-        self._batch = jax.jit(jax.vmap(self._inner_at, in_axes=(0, None)))
+        self._batch = jax.jit(jax.vmap(self._inner_moved, in_axes=(None, 0, 0, None)))
+        self._compiled: set[int] = set()  # batch sizes _batch has run at
         self.evaluations = Evaluations()
 
     # ------------------------------------------------------------ inside JAX
@@ -139,6 +142,10 @@ class JaxFunction:
 
     def _inner_at(self, flat, u):
         return jnp.vdot(u, jnp.concatenate([jnp.ravel(leaf) for leaf in self._flat_outputs(flat)]))
+
+    def _inner_moved(self, theta, coordinate, value, u):
+        """⟨u, fun(θ with θ[coordinate] = value)⟩: the point is made on the device."""
+        return self._inner_at(theta.at[coordinate].set(value), u)
 
     # ------------------------------------------------------------ NumPy in and out
     def structured(self, leaves) -> np.ndarray | dict[str, np.ndarray]:
@@ -196,39 +203,70 @@ class JaxFunction:
         return InnerProduct(self, u)
 
     # ------------------------------------------------------------ batches
-    def inner_batch(self, points: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """⟨u, fun(p)⟩ for each row p of ``points``, by the jitted vmapped function, in
-        batches padded to :data:`BATCH_SIZES` and cut to :data:`BATCH_BYTES`."""
-        count, size = points.shape
-        largest = batch_points(size)
+    def inner_batch(self, theta, coords: np.ndarray, values: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """⟨u, fun(θ with θ[coords[k]] = values[k])⟩ for each k, by the jitted vmapped
+        function on ``theta`` (a device array): only the coordinates and values travel.
+        Batches are cut to :func:`batch_points` and padded up to :data:`BATCH_SIZES` (with
+        θ itself), so that jit compiles a few shapes only; a batch of a shape already
+        compiled is timed (:class:`Evaluations`)."""
+        count = coords.size
+        largest = batch_points(self.layout.size)
         sizes = [b for b in BATCH_SIZES if b < largest] + [largest]
-        values = np.empty(count)
+        results = np.empty(count)
         with x64():
             for start in range(0, count, largest):
-                part = points[start:start + largest]
-                taken = len(part)
+                part, moved = coords[start:start + largest], values[start:start + largest]
+                taken = part.size
                 padded = next(b for b in sizes if b >= taken)
-                if padded > taken:
-                    part = np.concatenate([part, np.broadcast_to(self.x, (padded - taken, size))])
-                values[start:start + taken] = np.asarray(self._batch(part, u))[:taken]
+                if padded > taken:  # θ itself: coordinate 0 at its own value
+                    part = np.concatenate([part, np.zeros(padded - taken, dtype=part.dtype)])
+                    moved = np.concatenate([moved, np.full(padded - taken, float(theta[0]))])
+                started = time.perf_counter()
+                results[start:start + taken] = np.asarray(self._batch(theta, part, moved, u))[:taken]
+                if padded in self._compiled:
+                    self.evaluations.timed_batch(time.perf_counter() - started, taken)
+                self._compiled.add(padded)
         self.evaluations.batched += count
-        return values
+        return results
 
     def inner_single(self, point: np.ndarray, u: np.ndarray) -> float:
+        started = time.perf_counter()
         with x64():
             value = float(self._inner(point, u))
-        self.evaluations.single += 1
+        self.evaluations.timed_single(time.perf_counter() - started)
         return value
 
 
 @dataclass
 class Evaluations:
-    """How the perturbed points were evaluated: in vmapped batches or one call each, and
-    why vmap was given up (None: it was not)."""
+    """How the perturbed points were evaluated: in vmapped batches or one jitted call each,
+    and why vmap was given up (None: it was not).
+
+    Batches pay when a point costs less in them than in a call of its own: the fastest time
+    per point of a batch already compiled, against the fastest single call (the fastest of
+    several is the one least disturbed by the rest of the machine).  On a CPU a function
+    whose batch is B copies of a large θ (and, for a matrix input, B different matrices)
+    can cost more per point batched than alone; on a GPU batches are what pays.
+    """
 
     batched: int = 0
     single: int = 0
     vmap_failure: str | None = None
+    batch_seconds: float = math.inf  # per point, fastest warm batch
+    single_seconds: float = math.inf  # fastest single call
+
+    def timed_batch(self, seconds: float, points: int) -> None:
+        self.batch_seconds = min(self.batch_seconds, seconds / points)
+
+    def timed_single(self, seconds: float) -> None:
+        self.single += 1
+        self.single_seconds = min(self.single_seconds, seconds)
+
+    @property
+    def batching(self) -> bool:
+        """Whether the next chunk goes to a vmapped batch."""
+        return self.vmap_failure is None and (math.isinf(self.batch_seconds)
+                                              or self.batch_seconds <= self.single_seconds)
 
     def note(self) -> str:
         if self.vmap_failure is not None:
@@ -236,9 +274,12 @@ class Evaluations:
                     f"point instead ({self.single:,} calls, {self.batched:,} points batched before)")
         if not self.batched:
             return f"evaluations: one jitted call per point ({self.single:,} calls), no batch"
+        timing = "" if math.isinf(self.batch_seconds) else (
+            f"; {1e6 * self.batch_seconds:.3g} µs per point batched, {1e6 * self.single_seconds:.3g} µs "
+            "per single call" + (": single calls from then on" if not self.batching else ""))
         return (f"evaluations: {self.batched:,} perturbed points in jax.vmap batches under "
                 f"jax.jit (padded to {', '.join(map(str, BATCH_SIZES))} points), "
-                f"{self.single:,} single jitted calls")
+                f"{self.single:,} single jitted calls{timing}")
 
 
 class InnerProduct:
@@ -266,10 +307,18 @@ class JaxEvaluator(Evaluator):
         super().__init__(loss, theta, args)
         self.layout = layout
         self.inner = loss
+        self._device_theta: jax.Array | None = None
+
+    def on_device(self):
+        """θ as a float64 JAX array on the default device, made once."""
+        if self._device_theta is None:
+            with x64():
+                self._device_theta = jnp.asarray(self.theta, dtype=jnp.float64)
+        return self._device_theta
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return "jax" if self.inner.function.evaluations.vmap_failure else "jax.vmap"
+        return "jax.vmap" if self.inner.function.evaluations.batching else "jax"
 
     @property
     def default_workers(self) -> int:
@@ -284,13 +333,12 @@ class JaxEvaluator(Evaluator):
     def evaluate_chunk(self, workspace: Workspace, coords, values, out, start, stop) -> None:
         function, u = self.inner.function, self.inner.u
         points = values.shape[1]
-        count = (stop - start) * points
-        if function.evaluations.vmap_failure is None:
-            batch = np.repeat(self.theta[None, :].astype(np.float64), count, axis=0)
-            batch[np.arange(count), np.repeat(coords[start:stop], points)] = values[start:stop].ravel()
+        if function.evaluations.batching:
             workspace.cursor[:] = (start, 0)
             try:
-                out[start:stop] = function.inner_batch(batch, u).reshape(stop - start, points)
+                out[start:stop] = function.inner_batch(
+                    self.on_device(), np.repeat(coords[start:stop], points),
+                    values[start:stop].ravel(), u).reshape(stop - start, points)
                 return
             except Exception as error:  # not batchable: one call per point (its errors are the loss's)
                 function.evaluations.vmap_failure = f"{type(error).__name__}: {describe(error)[:200]}"
