@@ -59,7 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     directory = config.getoption("fastgrad_report")
     _sessions.append(_Session(strict=bool(config.getoption("fastgrad_strict")),
-                              report_dir=None if directory is None else Path(directory)))
+                              report_dir=None if directory is None  # relative to where pytest ran
+                              else Path(config.invocation_params.dir, directory)))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -188,3 +188,18 @@ def test_the_plugin_module_imports_only_the_standard_library_at_import_time():
 
 def test_report_file_names_keep_the_node_id_readable():
     assert testing.report_file_name("tests/test_a.py::test_b[1-x]") == "tests_test_a.py__test_b_1-x_"
+
+
+def test_a_relative_report_dir_is_taken_from_where_pytest_ran(pytester):
+    pytester.makepyfile(test_moves='''
+import os
+import numpy as np
+from fastgrad.testing import assert_gradient
+
+def test_moves(tmp_path):
+    os.chdir(tmp_path)  # a test that changes directory does not move the reports
+    assert_gradient(lambda t: float(np.sum(t ** 2)), lambda t: 2 * t, np.array([0.5, 1.5]))
+''')
+    result = pytester.runpytest(*plugin_args(), "-p", "no:cacheprovider", "--fastgrad-report=reports")
+    result.assert_outcomes(passed=1)
+    assert [p.name for p in (pytester.path / "reports").iterdir()] == ["test_moves.py__test_moves.json"]

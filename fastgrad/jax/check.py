@@ -112,9 +112,9 @@ class FunctionReport(CheckReport):
         notes = [function.evaluations.note()]
         if skipped:
             notes.append(skipped)
-        if function.inputs.precisions - {"float64"}:
-            notes.append(f"inputs given in {', '.join(sorted(function.inputs.precisions))}: "
-                         "checked at their values in float64")
+        lower = sorted(function.inputs.precisions - {"float64"})
+        if lower:
+            notes.append(f"inputs given in {', '.join(lower)}: checked at their values in float64")
         return cls("jax function", worst_verdict(r.verdict for r in reports),
                    sum(r.evaluations for r in reports), sum(r.seconds for r in reports),
                    top_entries([e for r in reports for e in r.worst]), vjp, jvp,

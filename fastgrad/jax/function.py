@@ -28,7 +28,7 @@ from ..parameters import ParameterLayout
 #: The output's group name in labels when fun returns a single array.
 OUTPUT = "out"
 #: Batch sizes the vmapped function is compiled for; a chunk's points are padded up to the
-#: next one (with copies of x), so that jit compiles at most len(BATCH_SIZES) shapes.
+#: next one (with θ itself), so that jit compiles at most len(BATCH_SIZES) shapes.
 BATCH_SIZES = (8, 64, 512)
 #: Cap on one batch's perturbed points, in bytes (B·n float64 values): the batch is cut to
 #: stay below it (the function's own intermediates scale with B too).
