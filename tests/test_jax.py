@@ -224,3 +224,16 @@ def test_batches_continue_only_while_a_point_costs_less_in_them():
     assert not slow.batching and "single calls from then on" in slow.note()
     failed = Evaluations(vmap_failure="NotImplementedError: no")
     assert not failed.batching
+
+
+def test_a_function_jit_cannot_trace_is_checked_eagerly():
+    def branchy(x):  # Python control flow on a value: jax.vjp works, jax.jit does not
+        if x[0] > 0:
+            return jnp.sin(x) * x[1]
+        return jnp.cos(x)
+
+    x = np.array([0.5, -1.2, 2.0])
+    report = check_function(branchy, x, seed=7)
+    assert report.verdict == "pass" and not report.vmapped, str(report)
+    assert "jax.jit cannot trace fun" in report.notes[0] and "one eager call per point" in report.notes[0]
+    assert report.jvp is not None and report.jvp.verdict == "pass"

@@ -35,6 +35,11 @@ BATCH_SIZES = (8, 64, 512)
 BATCH_BYTES = 64 * 2 ** 20
 
 
+#: What jax.jit raises for a function it cannot trace (Python control flow or conversions
+#: on traced values): such a fun is evaluated eagerly.
+UNTRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError)
+
+
 def x64():
     """float64 inside the block only: ``jax.enable_x64(True)`` (thread-local), or
     ``jax.experimental.enable_x64()`` on JAX releases without it."""
@@ -108,13 +113,8 @@ class JaxFunction:
         self.fun = fun
         self.inputs = inputs
         self.layout, self.x = ParameterLayout.from_theta(inputs.x())
-        try:
-            with x64():
-                structure = jax.tree_util.tree_flatten_with_path(jax.eval_shape(
-                    lambda *a: inputs.call(fun, a), *self._arrays(jnp.asarray(self.x))))[0]
-        except Exception as error:
-            raise LossError(f"fun raised {type(error).__name__} when traced at its arguments (it "
-                            f"must be traceable by jax.jit): {describe(error)}") from error
+        self.evaluations = Evaluations()
+        structure = self._output_structure()
         self.output_names = [OUTPUT] if len(structure) == 1 and not structure[0][0] \
             else [_name(OUTPUT, path) for path, _ in structure]
         self.output_shapes = [tuple(shape.shape) for _, shape in structure]
@@ -122,11 +122,32 @@ class JaxFunction:
             if np.dtype(shape.dtype).kind != "f":
                 raise InputError(f"fun's output {name} has dtype {shape.dtype}: fastgrad.jax checks "
                                  "float outputs")
-        self._single = jax.jit(self._flat_outputs)
-        self._inner = jax.jit(self._inner_at)
+        eager = self.evaluations.calls == "eager"
+        self._single = self._flat_outputs if eager else jax.jit(self._flat_outputs)
+        self._inner = self._inner_at if eager else jax.jit(self._inner_at)
         self._batch = jax.jit(jax.vmap(self._inner_moved, in_axes=(None, 0, 0, None)))
         self._compiled: set[int] = set()  # batch sizes _batch has run at
-        self.evaluations = Evaluations()
+
+    def _output_structure(self) -> list:
+        """(path, shape and dtype) of each output leaf, by tracing fun (``jax.eval_shape``);
+        a fun that jax.jit cannot trace (Python control flow on values) is called instead,
+        and runs eagerly from then on, one call per point (:class:`Evaluations` says why)."""
+        with x64():
+            arrays = self._arrays(jnp.asarray(self.x))
+        try:
+            try:
+                with x64():
+                    return jax.tree_util.tree_flatten_with_path(jax.eval_shape(
+                        lambda *a: self.inputs.call(self.fun, a), *arrays))[0]
+            except UNTRACEABLE as error:
+                self.evaluations.calls = "eager"
+                self.evaluations.vmap_failure = (f"jax.jit cannot trace fun, {type(error).__name__}: "
+                                                 f"{describe(error).splitlines()[0][:160]}")
+                with x64():
+                    return jax.tree_util.tree_flatten_with_path(self.inputs.call(self.fun, arrays))[0]
+        except Exception as error:
+            raise LossError(f"fun raised {type(error).__name__} at its arguments: "
+                            f"{describe(error)}") from error
 
     # ------------------------------------------------------------ inside JAX
     def _arrays(self, flat):
@@ -252,6 +273,7 @@ class Evaluations:
     batched: int = 0
     single: int = 0
     vmap_failure: str | None = None
+    calls: str = "jitted"  # the single calls: "jitted", or "eager" for a fun jit cannot trace
     batch_seconds: float = math.inf  # per point, fastest warm batch
     single_seconds: float = math.inf  # fastest single call
 
@@ -270,10 +292,10 @@ class Evaluations:
 
     def note(self) -> str:
         if self.vmap_failure is not None:
-            return (f"evaluations: jax.vmap failed ({self.vmap_failure}); one jitted call per "
+            return (f"evaluations: no batch ({self.vmap_failure}); one {self.calls} call per "
                     f"point instead ({self.single:,} calls, {self.batched:,} points batched before)")
         if not self.batched:
-            return f"evaluations: one jitted call per point ({self.single:,} calls), no batch"
+            return f"evaluations: one {self.calls} call per point ({self.single:,} calls), no batch"
         timing = "" if math.isinf(self.batch_seconds) else (
             f"; {1e6 * self.batch_seconds:.3g} µs per point batched, {1e6 * self.single_seconds:.3g} µs "
             "per single call" + (": single calls from then on" if not self.batching else ""))
@@ -341,7 +363,8 @@ class JaxEvaluator(Evaluator):
                     values[start:stop].ravel(), u).reshape(stop - start, points)
                 return
             except Exception as error:  # not batchable: one call per point (its errors are the loss's)
-                function.evaluations.vmap_failure = f"{type(error).__name__}: {describe(error)[:200]}"
+                function.evaluations.vmap_failure = \
+                    f"jax.vmap failed, {type(error).__name__}: {describe(error)[:200]}"
         flat, cursor = workspace.flat, workspace.cursor
         for j in range(start, stop):
             cursor[0] = j
