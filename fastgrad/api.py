@@ -7,7 +7,7 @@ Thin front ends: each validates its options (:mod:`._validation`) and runs the s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -19,7 +19,7 @@ from .errors import GradientMismatch, InputError
 from .parameters import Gradient, ParameterLayout, Sample, Theta
 from .pipeline import numerical_derivatives, run_check
 from .plan import Plan, jittered_theta, require_representable_steps
-from .report import Report, with_jittered
+from .report import CheckReport, Report, with_jittered
 
 
 def check(loss: Callable, grad: Gradient, theta: Theta, args: tuple | list = (), *,
@@ -123,7 +123,19 @@ def assert_gradient(loss: Callable, grad: Gradient, theta: Theta, args: tuple | 
     """
     __tracebackhide__ = True  # pytest shows the caller's line, not fastgrad's frames
     strict = validate.flag("strict", strict)
-    report = check(loss, grad, theta, args, **options)
+    return require_verdict(check(loss, grad, theta, args, **options), strict)
+
+
+R = TypeVar("R", bound=CheckReport)
+
+
+def require_verdict(report: R, strict: bool = False) -> R:
+    """Hold a report of any kind to its verdict, as every assert helper does.
+
+    Returns ``report``; raises :class:`fastgrad.GradientMismatch` with it on "fail", and on
+    "warn" too with ``strict``.
+    """
+    __tracebackhide__ = True
     if not report.passed or (strict and report.verdict != "pass"):
         raise GradientMismatch(report)
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .report import Report
+    from .report import CheckReport
 
 
 class GradientCheckError(Exception):
@@ -26,9 +26,12 @@ class LossError(GradientCheckError, RuntimeError):
 
 
 class GradientMismatch(AssertionError):
-    """:func:`fastgrad.assert_gradient` found the gradient wrong; ``.report`` says how."""
+    """An assert helper found the derivative wrong; ``.report`` says how.
 
-    def __init__(self, report: Report) -> None:
+    Raised by :func:`fastgrad.assert_gradient` and the helpers of :mod:`fastgrad.testing`.
+    """
+
+    def __init__(self, report: CheckReport) -> None:
         super().__init__("\n" + str(report))
         self.report = report
 

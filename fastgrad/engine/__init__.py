@@ -179,15 +179,15 @@ def with_blas_timed(run: Engine, evaluations: int) -> Engine:
 
 def make_evaluator(loss, theta: np.ndarray, args: tuple, layout: ParameterLayout,
                    engine: str = "auto") -> Evaluator:
-    """How ``loss`` is evaluated: the evaluator a loss object makes for itself through its
-    method ``fastgrad_evaluator(theta, args, layout)`` (a framework's batched evaluation,
-    :mod:`fastgrad.torch`), compiled chunk kernels for a Numba dispatcher (unless
-    ``engine="python"``), Python calls otherwise."""
+    """How ``loss`` is evaluated: compiled chunk kernels for a Numba dispatcher (unless
+    ``engine="python"``), the loss's own evaluator when it offers one
+    (``loss.fastgrad_evaluator(theta, args, layout)``, e.g. a framework's batched calls:
+    :mod:`fastgrad.torch`, :mod:`fastgrad.jax`) and ``engine="auto"``, Python calls otherwise."""
     validate.callable_of("loss", loss)
-    own = getattr(loss, "fastgrad_evaluator", None)
-    if own is not None:
-        return own(theta, args, layout)
     engine = validate.engine(engine)
+    offered = getattr(loss, "fastgrad_evaluator", None)
+    if engine == "auto" and offered is not None:
+        return offered(theta, args, layout)
     if engine == "numba" and not is_compiled(loss):
         raise InputError("engine='numba' needs a Numba-compiled loss (an @njit function)")
     if engine in ("auto", "numba") and is_compiled(loss):

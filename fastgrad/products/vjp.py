@@ -104,10 +104,14 @@ def _loss_args(function: common.Function, u: np.ndarray) -> dict:
 
 def _scalar_loss(function: common.Function, out_layout: ParameterLayout, u: np.ndarray):
     """The loss L_u(x) = ⟨u, fun(x)⟩: a compiled loss(x, u, *args) for a Numba fun
-    (u travels as an argument, so one compiled loss serves every cotangent), else a Python
-    loss with u, fun's layout and keywords bound."""
+    (u travels as an argument, so one compiled loss serves every cotangent), the fun's own
+    when it offers one (``fun.fastgrad_inner_product(u)``: :mod:`fastgrad.jax`), else a
+    Python loss with u, fun's layout and keywords bound."""
     if function.compiled:
         return compiled_inner(function.fun)
+    offered = getattr(function.fun, "fastgrad_inner_product", None)
+    if offered is not None:
+        return offered(u)
     fun, kwargs = function.fun, function.kwargs
 
     def loss(point, *args):
