@@ -32,7 +32,8 @@ class GradientMismatch(AssertionError):
     """
 
     def __init__(self, report: CheckReport) -> None:
-        super().__init__("\n" + str(report))
+        # The report's first line is its verdict: pytest's one-line summary shows it.
+        super().__init__(str(report))
         self.report = report
 
 

@@ -203,3 +203,16 @@ def test_moves(tmp_path):
     result = pytester.runpytest(*plugin_args(), "-p", "no:cacheprovider", "--fastgrad-report=reports")
     result.assert_outcomes(passed=1)
     assert [p.name for p in (pytester.path / "reports").iterdir()] == ["test_moves.py__test_moves.json"]
+
+
+def test_the_summary_line_of_a_failure_is_the_verdict():
+    """``GradientMismatch``'s message starts with the report's verdict line, so that pytest's
+    one-line summary (``FAILED ... - GradientMismatch: FAIL ...``) says what failed."""
+    import numpy as np
+
+    import fastgrad as fg
+
+    theta = np.array([0.3, -0.7])
+    with pytest.raises(fg.GradientMismatch) as caught:
+        fg.assert_gradient(lambda t: float(np.sum(t ** 2)), 3.0 * theta, theta)
+    assert str(caught.value).splitlines()[0].startswith("FAIL")
