@@ -388,3 +388,26 @@ def _readme_section(title: str) -> str:
 def test_readme_examples_run(title, capsys):
     exec(compile(_readme_section(title), f"README {title}", "exec"), {})
     assert "check: PASS" in capsys.readouterr().out
+
+
+def test_an_element_that_cancels_larger_terms_is_judged_by_their_rounding():
+    """F_5 = 2x_5 − x_6 − x_4 + 0.3·x_5³ ≈ −2e-4 cancels terms of 0.27 at x = linspace(−1, 1, 12).
+    Along some noise directions its subtractions are exact and ECnoise measures σ ≈ u·|F_5|,
+    while the pairs that move x_6 alone carry ≈ 7e-17: seeds 8, 13, 17, 142 among others
+    failed the correct Jacobian before the floor u·Σ_c |J_ic|·|x_c|. An entry off by 1e-3
+    still fails."""
+    x = np.linspace(-1.0, 1.0, 12)
+
+    def fun(x, c):
+        return 2 * x - np.r_[x[1:], 0.0] - np.r_[0.0, x[:-1]] + c * x ** 3
+
+    def jac(x, c):
+        return np.diag(2 + 3 * c * x ** 2) - np.eye(x.size, k=1) - np.eye(x.size, k=-1)
+
+    for seed in [8, 13, 17, 142, 187, 222, *range(40)]:
+        report = fg.check_jacobian(fun, jac, x, args=(0.3,), seed=seed)
+        assert report.verdict == "pass", (seed, report)
+    wrong = jac(x, 0.3)
+    wrong[5, 6] *= 1.001
+    assert fg.check_jacobian(fun, wrong, x, args=(0.3,), seed=142).worst[0].label == "out[5] / theta[6]"
+    assert not fg.check_jacobian(fun, wrong, x, args=(0.3,), seed=142).passed
