@@ -454,3 +454,79 @@ def test_check_module_with_tied_weights_moves_every_alias():
     for entry in report.worst:
         index = tuple(int(k) for k in entry.label.split("[")[1].rstrip("]").split(","))
         assert entry.analytic == pytest.approx(float(net.encode.weight.grad[index]), rel=1e-12)
+
+
+# ------------------------------------------------------------------------- replica
+def _mlp():
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+
+
+def test_single_points_run_on_a_private_copy_that_agrees_with_functional_call():
+    from fastgrad.torch.module import _module_loss
+    net = _mlp()
+    X, Y = _batch()
+    loss, theta, args = _module_loss(net, torch.nn.functional.mse_loss, X, (Y,), None, False, [])
+    assert loss.replica is not None and loss.replica.module is not net
+    flat = torch.cat([torch.as_tensor(v).ravel() for v in theta.values()])
+    point = flat + 1e-3 * torch.arange(flat.numel(), dtype=flat.dtype)
+    with torch.no_grad():
+        assert float(loss.single(point.clone(), args)) == float(loss.value(point, args))
+        changed = flat.clone()
+        changed[7] = 0.5
+        assert float(loss.changed(flat, 7, 0.5, args)) == float(loss.value(changed, args))
+        assert loss.written(flat) is None  # the coordinate was put back
+    assert torch.equal(net[0].weight, _mlp()[0].weight)  # the module itself never moved
+
+
+def test_a_module_that_writes_into_its_own_weights_is_reported_on_the_copy_too():
+    class Clamping(torch.nn.Linear):
+        def forward(self, x):
+            with torch.no_grad():
+                self.weight.clamp_(-0.2, 0.2)  # a max-norm constraint applied in forward
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Clamping(4, 2)).double()
+    X, Y = _batch()
+    before = net[0].weight.detach().clone()
+    with pytest.raises(fg.LossError, match="modifies its input"):
+        fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0, batched=False)
+    assert torch.equal(net[0].weight, before)
+
+
+def test_a_module_that_cannot_be_copied_is_evaluated_through_functional_call():
+    import threading
+
+    net = _mlp()
+    net.lock = threading.Lock()  # deepcopy raises on a lock
+    X, Y = _batch()
+    from fastgrad.torch.module import _module_loss
+    loss, _, _ = _module_loss(net, torch.nn.functional.mse_loss, X, (Y,), None, False, [])
+    assert loss.replica is None
+    assert fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0,
+                                 batched=False).passed
+
+
+def test_monitor_copies_the_module_again_when_an_attribute_changes():
+    class Tempered(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2, dtype=torch.float64)
+            self.temperature = 1.0
+
+        def forward(self, x):
+            return self.layer(x) / self.temperature
+
+    net = Tempered()
+    X, Y = _batch()
+    mon = fg.torch.Monitor(net, torch.nn.functional.mse_loss, every=1, sample=6, directions=1,
+                           seed=0, on_fail="raise", batched=False)
+    copies = []
+    for temperature in (1.0, 1.0, 0.25, 0.25):  # annealed by the training loop
+        net.temperature = temperature
+        net.zero_grad()
+        torch.nn.functional.mse_loss(net(X), Y).backward()
+        assert mon.step(X, Y).verdict != "fail"  # on_fail="raise" would have raised
+        copies.append(mon._replica)
+    assert copies[0] is copies[1] and copies[2] is not copies[1] and copies[2] is copies[3]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..engine.base import Evaluator, Workspace
+from ..engine.executors import InputModified
 from ..errors import InputError, describe
 from ..parameters import ParameterLayout
 
@@ -76,6 +77,22 @@ class TorchScalar(ABC):
     def output_bytes(self) -> int:
         """Bytes of what one evaluation returns before it is reduced to L (memory per point)."""
 
+    def single(self, flat: torch.Tensor, args: tuple) -> torch.Tensor:
+        """L at ``flat`` in one call, outside vmap (a subclass may have a cheaper way)."""
+        return self.value(flat, args)
+
+    def changed(self, base: torch.Tensor, index: int, value: float, args: tuple) -> torch.Tensor:
+        """L at ``base`` with base[index] = value, outside vmap; ``base`` is not modified."""
+        point = base.clone()
+        point[index] = value
+        return self.single(point, args)
+
+    def written(self, base: torch.Tensor) -> int | None:
+        """The flat index of θ that the evaluations since :meth:`changed` last loaded ``base``
+        wrote into, or None (a subclass that keeps state between calls says; here each call
+        has its own point)."""
+        return None
+
     def __call__(self, theta, *args) -> float:
         flat = np.concatenate([np.asarray(theta[name]).ravel() for name in self.names])
         with torch.no_grad():
@@ -129,7 +146,7 @@ class TorchEvaluator(Evaluator):
     # ------------------------------------------------------------------ single points
     def _single(self, point: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(self.scalar.value(point, self.args))
+            return float(self.scalar.single(point, self.args))
 
     def at(self, point: np.ndarray, copy: bool = True):
         """L at ``point``; the function receives a tensor sharing memory with the returned
@@ -231,11 +248,14 @@ class TorchEvaluator(Evaluator):
                 return
             except Exception:  # evaluated again point by point below, which reports it
                 pass
-        cursor = workspace.cursor
-        for j in range(start, stop):
-            cursor[0] = j
-            for q in range(points):
-                cursor[1] = q
-                point = self.base.clone()
-                point[int(coords[j])] = float(values[j, q])
-                out[j, q] = self._single(point)
+        cursor, scalar, base = workspace.cursor, self.scalar, self.base
+        with torch.no_grad():
+            for j in range(start, stop):
+                cursor[0] = j
+                for q in range(points):
+                    cursor[1] = q
+                    out[j, q] = float(scalar.changed(base, int(coords[j]), float(values[j, q]),
+                                                     self.args))
+        written = scalar.written(base)
+        if written is not None:
+            raise InputModified(written)

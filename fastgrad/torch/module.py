@@ -2,14 +2,17 @@
 in a module's parameters, against finite differences of the loss over the parameters.
 
 The loss at perturbed parameters is ``loss_fn(functional_call(module, parameters, (x,)),
-*targets)`` (:func:`torch.func.functional_call`), batched by vmap where it works: the
-module's own parameters, buffers, ``.grad`` and mode are never written.  Buffers are passed
-as copies made for each evaluation (BatchNorm in train mode updates its running statistics
-in them, not in the module), and parameters without ``requires_grad`` as they are.
+*targets)`` (:func:`torch.func.functional_call`) in batches under vmap, and
+``loss_fn(replica(x), *targets)`` one point at a time, on a private copy of the module
+(:class:`Replica`): the module's own parameters, buffers, ``.grad`` and mode are never
+written.  Buffers are restored (or copied) for each evaluation (BatchNorm in train mode
+updates its running statistics in them, not in the module), and parameters without
+``requires_grad`` are passed as they are.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,12 +34,86 @@ from .tensors import batched_mode, gradients, noted, require_options, to_numpy
 RANDOM_IN_TRAINING = (torch.nn.modules.dropout._DropoutNd,)
 
 
+class Replica:
+    """A private deep copy of a module in the working dtype, whose checked parameters are
+    views of one flat tensor :attr:`flat`: a point is loaded by one copy, a coordinate is
+    changed in place and restored.
+
+    One call of the replica costs what the module's forward costs: functional_call's swap
+    of every tensor in and out of the module (~0.1 ms for a 5-layer MLP, measured on these
+    2-core machines: 0.16 ms a call against 0.065 ms) is spent once, here.  A Monitor keeps
+    its replica from check to check (a deep copy costs ~0.6 ms) while :meth:`fits` the module.
+    """
+
+    def __init__(self, module: torch.nn.Module, names: list[str], dtype: torch.dtype):
+        self.signature = state_signature(module)
+        self.names, self.dtype = names, dtype
+        self.module = copy.deepcopy(module).to(dtype)
+        parameters = dict(self.module.named_parameters())
+        for parameter in parameters.values():
+            parameter.requires_grad_(False)
+            parameter.grad = None
+        sizes = [parameters[name].numel() for name in names]
+        self.flat = torch.empty(sum(sizes), dtype=dtype, device=parameters[names[0]].device)
+        for name, part in zip(names, torch.split(self.flat, sizes), strict=True):
+            view = part.view(parameters[name].shape)
+            view.copy_(parameters[name])
+            parameters[name].data = view
+        #: the flat tensor's memory as NumPy on the CPU: a coordinate is written in 0.1 µs, not 5
+        self.host = self.flat.numpy() if self.flat.device.type == "cpu" else None
+        self.frozen = {name: p for name, p in parameters.items() if name not in set(names)}
+        self.buffers = dict(self.module.named_buffers())
+        self.holds: torch.Tensor | None = None  # the flat point loaded, when it is one kept
+
+    def fits(self, module: torch.nn.Module, names: list[str], dtype: torch.dtype) -> bool:
+        """Whether this replica still copies ``module`` (same attributes, submodules and
+        tensor objects: :func:`state_signature`) for the same checked names and dtype."""
+        return names == self.names and dtype == self.dtype \
+            and state_signature(module) == self.signature
+
+    def refresh(self, frozen: Mapping[str, torch.Tensor]) -> None:
+        """The parameters without grad, as they are now (a model's EMA may move them)."""
+        with torch.no_grad():
+            for name, value in frozen.items():
+                self.frozen[name].copy_(value)
+        self.holds = None
+
+
+def state_signature(module: torch.nn.Module) -> list:
+    """What a deep copy of ``module`` copied besides tensor values: every submodule's
+    attributes by identity (dicts, such as hooks and tensors, item by item), so that a
+    replaced parameter, a new hook, a changed mode or a reassigned hyper-parameter
+    (``model.temperature = 0.5``) tells a kept replica is stale.  An attribute mutated in
+    place (a list appended to) is not seen."""
+    signature: list = []
+    for submodule in module.modules():
+        for key, value in submodule.__dict__.items():
+            if isinstance(value, dict):
+                signature.append((key, tuple((k, id(v)) for k, v in value.items())))
+            else:
+                signature.append((key, id(value)))
+    return signature
+
+
+def replica_of(module: torch.nn.Module, names: list[str], dtype: torch.dtype,
+               kept: Replica | None = None) -> Replica | None:
+    """``kept`` if it still fits the module, else a new :class:`Replica`, or None for a
+    module that cannot be deep-copied (then every evaluation goes through functional_call)."""
+    if kept is not None and kept.fits(module, names, dtype):
+        return kept
+    try:
+        return Replica(module, names, dtype)
+    except Exception:
+        return None
+
+
 class ModuleLoss(TorchScalar):
     """L(θ) = loss_fn(functional_call(module, θ's parameters + the rest, (x,)), *targets),
     with args = (x, *targets); a 0-d float64 tensor."""
 
     def __init__(self, module: torch.nn.Module, loss_fn: Callable, checked: Mapping[str, torch.Tensor],
-                 dtype: torch.dtype, device: torch.device, batched: bool | str):
+                 dtype: torch.dtype, device: torch.device, batched: bool | str,
+                 replica: Replica | None = None):
         super().__init__(list(checked), [tuple(p.shape) for p in checked.values()], device, batched)
         self.module, self.loss_fn, self.dtype = module, loss_fn, dtype
         self.frozen = {name: p.detach().to(dtype) if p.is_floating_point() else p.detach()
@@ -48,6 +125,10 @@ class ModuleLoss(TorchScalar):
         self.tied = len(list(module.named_parameters(remove_duplicate=False))) > len(
             list(module.named_parameters())) or len(list(module.named_buffers(
                 remove_duplicate=False))) > len(self.buffers)
+        #: single points are evaluated on it (``replica``: one kept from an earlier check)
+        self.replica = replica_of(module, list(checked), dtype, replica)
+        if self.replica is not None and self.replica is replica:
+            self.replica.refresh(self.frozen)
 
     def forward(self, parameters: Mapping[str, torch.Tensor], args: tuple) -> torch.Tensor:
         x, *targets = args
@@ -61,6 +142,50 @@ class ModuleLoss(TorchScalar):
 
     def output_bytes(self) -> int:
         return 8  # one scalar; the activations are not counted on the CPU (measured on CUDA)
+
+    def single(self, flat: torch.Tensor, args: tuple) -> torch.Tensor:
+        """L at ``flat`` on the replica; a write by the module into its parameters is copied
+        back into ``flat``, where the engine looks for it."""
+        replica = self.replica
+        if replica is None:
+            return self.value(flat, args)
+        replica.holds = None
+        replica.flat.copy_(flat)
+        value = self._on_replica(replica, args)
+        flat.copy_(replica.flat)
+        return value
+
+    def changed(self, base: torch.Tensor, index: int, value: float, args: tuple) -> torch.Tensor:
+        """L at base with base[index] = value, on the replica holding ``base``."""
+        replica = self.replica
+        if replica is None:
+            return super().changed(base, index, value, args)
+        if replica.holds is not base:
+            replica.flat.copy_(base)
+            replica.holds = base
+        flat = replica.flat if replica.host is None else replica.host
+        kept = flat[index]
+        flat[index] = value
+        try:
+            return self._on_replica(replica, args)
+        finally:
+            flat[index] = kept
+
+    def written(self, base: torch.Tensor) -> int | None:
+        replica = self.replica
+        if replica is None or replica.holds is not base:
+            return None
+        differs = torch.nonzero(replica.flat != base)
+        if differs.numel() == 0:
+            return None
+        replica.holds = None
+        return int(differs[0, 0])
+
+    def _on_replica(self, replica: Replica, args: tuple) -> torch.Tensor:
+        for name, buffer in self.buffers.items():
+            replica.buffers[name].copy_(buffer)
+        x, *targets = args
+        return self.loss_fn(replica.module(x), *targets).to(torch.float64).reshape(())
 
 
 def check_module(module: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, *targets: Any,
@@ -110,8 +235,10 @@ def check_module(module: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, *t
                                                                      **options)), notes)
 
 
-def _module_loss(module, loss_fn, x, targets, dtype, batched, notes: list[str]):
-    """(ModuleLoss, θ as NumPy arrays by parameter name, the args cast to the working dtype)."""
+def _module_loss(module, loss_fn, x, targets, dtype, batched, notes: list[str],
+                 replica: Replica | None = None):
+    """(ModuleLoss, θ as NumPy arrays by parameter name, the args cast to the working dtype);
+    ``replica``: one kept from an earlier check, used if it still fits."""
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     validate.callable_of("loss_fn", loss_fn)
@@ -132,7 +259,7 @@ def _module_loss(module, loss_fn, x, targets, dtype, batched, notes: list[str]):
         raise InputError(f"x must be a tensor, got {type(x).__name__}")
     args = tuple(a.detach().to(working) if isinstance(a, torch.Tensor) and a.is_floating_point()
                  else a for a in (x, *targets))
-    loss = ModuleLoss(module, loss_fn, checked, working, device, batched)
+    loss = ModuleLoss(module, loss_fn, checked, working, device, batched, replica)
     theta = {name: to_numpy(p, working) for name, p in checked.items()}
     return loss, theta, args
 
@@ -219,6 +346,7 @@ class Monitor:
         self._current = _CurrentLoss()
         self._gradient: dict[str, np.ndarray] | None = None  # of the check in progress
         self._plan: tuple[int, str | None] | None = None  # TorchScalar.plan
+        self._replica: Replica | None = None  # the module's copy for single points, kept
         self.seconds = 0.0  # in scheduled steps: reading the module's state and the check
         self.monitor = ArrayMonitor(self._current, self._current_gradient, every=every,
                                     sample=sample, directions=directions, seed=seed,
@@ -243,7 +371,8 @@ class Monitor:
             x, targets = x[:self.rows], tuple(t[:self.rows] if isinstance(t, torch.Tensor)
                                               and t.dim() else t for t in targets)
         loss, theta, args = _module_loss(self.module, self.loss_fn, x, targets, self.dtype,
-                                         self.batched, notes)
+                                         self.batched, notes, self._replica)
+        self._replica = loss.replica
         loss.plan = self._plan  # the batching planned at the first check
         self._current.loss = loss
         try:
