@@ -44,6 +44,67 @@ def rounding_std(sigma, offset_plus, offset_minus):
     return math.sqrt(2.0) * sigma / (offset_plus - offset_minus)
 
 
+#: A line is kinked when K (see :func:`kink_allowance`) is at least this fraction of the
+#: one-sided slope differences: a kink within 2t gives a ratio of 1 (δ = 0, δ ≥ t) down to 1/3
+#: (δ = t/2) and 0 only near δ = 2t/3, a smooth f t²·|f⁗|/(4·|f''|), far below it at any step
+#: where Richardson's extrapolation holds.
+KINKED_RATIO = 0.1
+
+
+def kink_allowance(bend, bend2, noise, step, multiplier):
+    """The slope jumps a central difference at step t and 2t may straddle, per unit t,
+    where the function is kinked along the line: max(|S(t)|/t, |S(2t)|/2t); 0 where smooth.
+
+    S(t) = f(x+t) − 2f(x) + f(x−t) = t·(D⁺(t) − D⁻(t)), the difference of the one-sided
+    slopes.  K = |S(2t)/2t − 2·S(t)/t| is t³·|f⁗|/2 on a smooth f, and about the slope jump
+    |J| when a kink (ReLU, max, abs) lies within 2t; its rounding has standard deviation
+    ≈ 5.05·σ/t.  The line is kinked when K exceeds z times that and KINKED_RATIO of the
+    slope differences.  Then D(t) and its Richardson value average slopes from both sides:
+    with one kink at distance δ < t, D(t) − f'(x) = J·(t − δ)/2t, at most |S(t)/t|/2, and for
+    t ≤ δ < 2t the Richardson value errs by |J|·(2t − δ)/6t ≤ |S(2t)/2t|.  A ReLU network
+    whose weight moves thousands of pre-activations has many kinks within the step: their
+    sum is what the allowance measures.  NaN bends (f(x) unknown) give 0.
+    """
+    bend, bend2 = np.asarray(bend, dtype=float), np.asarray(bend2, dtype=float)
+    slopes = np.maximum(np.abs(bend) / step, np.abs(bend2) / (2.0 * step))
+    jumps = np.abs(bend2 / (2.0 * step) - 2.0 * bend / step)
+    kinked = (jumps > multiplier * 5.05 * np.asarray(noise) / step) \
+        & (jumps >= KINKED_RATIO * slopes)
+    return np.where(kinked & np.isfinite(slopes), slopes, 0.0)
+
+
+#: For an error c·s^p with 1/2 ≤ p ≤ 1 the spread of D(t), D(2t), D(4t) is (2^p + 1)·|D(t) − D(2t)|,
+#: at most 3 times: a disagreement beyond that needs no third step to stand.
+SPREAD_PER_STEP_CHANGE = 3.0
+
+
+def may_be_unconverged(disagreement, allowed, d1, d2):
+    """Whether a third step could excuse ``disagreement`` (see :func:`unconverged_allowance`):
+    it exceeds ``allowed`` by no more than SPREAD_PER_STEP_CHANGE·|D(t) − D(2t)|."""
+    return np.abs(disagreement) <= allowed + SPREAD_PER_STEP_CHANGE * np.abs(d1 - d2)
+
+
+def unconverged_allowance(d1, d2, d4, r1, r2, r4, multiplier):
+    """The spread max − min of D(t), D(2t), D(4t) where they do not converge as a
+    second-order difference does; 0 where they do.
+
+    On a smooth f, D(s) = f' + c·s² + O(s⁴), so the Richardson values R(t) = (4D(t) − D(2t))/3
+    and R(2t) = (4D(2t) − D(4t))/3 agree to O(t⁴), far within |D(t) − D(2t)|/3 = |c|·t²
+    (plus their rounding, z·√(r_R(t)² + r_R(2t)²)).  Where they do not, D's error is not
+    c·s²: a first-order one (a jump in f'' at x: |R(2t) − R(t)| = 2|D(t) − D(2t)|/3), or the
+    sum of many kinks straddled by the steps (a ReLU network's weight, float32 steps), which
+    moves with the step at random.  Then Richardson's truncation estimate says nothing, and the
+    error of the differences is judged by how far they move with the step: for an error
+    c·s^p, p ≥ 1/2, the Richardson value R(t) is within the spread of the three.
+    Arguments are D at t, 2t, 4t and their rounding standard deviations (arrays or floats).
+    """
+    r_t, r_2t = richardson(d1, d2), richardson(d2, d4)
+    rounding = np.hypot(richardson_rounding_std(r1, r2), richardson_rounding_std(r2, r4))
+    second_order = np.abs(r_2t - r_t) <= multiplier * rounding + np.abs(d1 - d2) / 3.0
+    spread = np.maximum(np.maximum(d1, d2), d4) - np.minimum(np.minimum(d1, d2), d4)
+    return np.where(second_order, 0.0, spread)
+
+
 def richardson(d_step, d_double):
     """R = (4·D(h) − D(2h)) / 3 = D(h) + (D(h) − D(2h))/3: cancels the h² term; the 4-point
     stencil, O(h⁴).  Written as a correction, so that no intermediate exceeds |D|."""

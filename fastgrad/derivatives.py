@@ -170,9 +170,12 @@ def coordinate_derivatives(context: Context, plan: Plan, method: Method,
     refined = np.flatnonzero(np.abs(numerical - analytic) > error)
     kink = np.zeros(len(plan), dtype=bool)
     if refined.size:
-        _refine(context, plan.subset(refined), method, refined, analytic[refined], near[refined],
-                near_taken[refined], numerical, rounding_std, error, (kink, unresolved),
-                multiplier, allowance[refined])
+        unconverged = _refine(context, plan.subset(refined), method, refined, analytic[refined],
+                              near[refined], near_taken[refined], numerical, rounding_std, error,
+                              (kink, unresolved), multiplier, allowance[refined])
+        if unconverged.size:  # not smooth at the step scale, as a rough row is
+            rough = np.zeros(len(plan), dtype=bool) if rough is None else rough
+            rough[unconverged] = True
     checks = CoordinateChecks(numerical, error, refined, kink, unresolved, rough)
     if method is CENTRAL and noise_far_above_rounding(context):
         _rebalance(context, plan, analytic, checks, multiplier, allowance)
@@ -387,8 +390,10 @@ def _rounding_of(context: Context):
 
 def _refine(context: Context, again: Plan, method: Method, rows, analytic, near, near_taken,
             numerical, rounding_std, error, marks: tuple[np.ndarray, np.ndarray], multiplier,
-            allowance) -> None:
-    """Second step for the disagreeing rows: truncation estimate, then kinks (in place)."""
+            allowance) -> np.ndarray:
+    """Second step for the disagreeing rows: truncation estimate, then kinks, then (central)
+    a third step for the rows that still disagree (in place); returns the rows whose
+    differences do not converge (unresolved, see :func:`_unconverged`)."""
     far, far_taken = stencil(context.run, again, context.theta, method.refine_offsets)
     refined = method.refine(near, near_taken, far, far_taken, numerical[rows],
                             rounding_std[rows], _rounding_of(context))
@@ -406,6 +411,31 @@ def _refine(context: Context, again: Plan, method: Method, rows, analytic, near,
     if refined.outer is not None and rough.any():
         _narrow(context, again.subset(np.flatnonzero(rough)), rows[rough], analytic[rough],
                 numerical, error, marks)
+    still = (np.abs(numerical[rows] - analytic) > error[rows]) & analysis.may_be_unconverged(
+        numerical[rows] - analytic, error[rows], central(near, near_taken), central(far, far_taken))
+    if method is not CENTRAL or not still.any():
+        return np.empty(0, dtype=np.int64)
+    return _unconverged(context, again.subset(np.flatnonzero(still)), rows[still], analytic[still],
+                        (near[still], near_taken[still]), (far[still], far_taken[still]),
+                        numerical, error, unresolved, multiplier)
+
+
+def _unconverged(context: Context, plan: Plan, rows, g, near, far, numerical, error, unresolved,
+                 multiplier) -> np.ndarray:
+    """Rows that still disagree after Richardson and the kink analysis, at D(4h) too: where
+    D(h), D(2h), D(4h) do not converge as a second-order difference's do, the disagreement
+    is judged against their spread (:func:`analysis.unconverged_allowance`) and, within it,
+    the row is unresolved (warn), not a failure.  2 evaluations a row (in place); returns the
+    rows so excused."""
+    wide = stencil(context.run, plan, context.theta, (4.0, -4.0))
+    rounding_of = _rounding_of(context)
+    spread = analysis.unconverged_allowance(central(*near), central(*far), central(*wide),
+                                            rounding_of(*near), rounding_of(*far),
+                                            rounding_of(*wide), multiplier)
+    explained = (spread > 0.0) & (np.abs(numerical[rows] - g) <= error[rows] + spread)
+    error[rows[explained]] += spread[explained]
+    unresolved[rows[explained]] = True
+    return rows[explained]
 
 
 def _narrow(context: Context, plan: Plan, rows, g, numerical, error, marks) -> None:

@@ -71,6 +71,7 @@ class DirectionResult:
     rounding: float = 0.0  # r, the rounding std of D(h)
     step: float = 0.0  # h0 of the test
     moved: bool = True  # whether θ ± h·v differ from θ at all (a tiny step may move nothing)
+    kinks: float = 0.0  # slope jumps allowed for: the loss is not smooth along v (see test)
 
     @property
     def failed(self) -> bool:
@@ -125,8 +126,12 @@ class DirectionalTester:
     """Directional tests of the analytic gradient at θ, sharing the loss's noise estimate."""
 
     def __init__(self, run: Engine, theta: np.ndarray, analytic: np.ndarray, noise_references,
-                 relative_step: float, values_dtype: np.dtype, multiplier: float):
+                 relative_step: float, values_dtype: np.dtype, multiplier: float,
+                 f0: float | None = None, analytic_eps: float = 0.0, analytic_scale: float = 0.0):
         self.run = run
+        self.f0 = f0  # f(θ): with it, a disagreeing test checks that f is smooth along v
+        #: the gradient's machine epsilon (0: its rounding not allowed for) and max |g|
+        self.analytic_eps, self.analytic_scale = analytic_eps, analytic_scale
         self.theta = theta
         self.analytic = analytic
         self.noise_references = noise_references  # (σ, f) pairs: see analysis.evaluation_noise
@@ -150,8 +155,9 @@ class DirectionalTester:
         return np.where(support, weights * self.scale, 0.0)
 
     def _difference(self, direction: np.ndarray, multiple: float):
-        """(N, A, r, moved) at step multiple·h0: numerical, analytic and rounding std, per
-        unit h0, and whether the two points differ at all."""
+        """(N, A, r, moved, S, σ) at step t = multiple·h0: numerical, analytic and rounding
+        std, per unit h0, whether the two points differ at all, the second difference
+        S(t) = f(θ+tv) − 2f(θ) + f(θ−tv) (NaN without f(θ)) and the noise σ of the two values."""
         return self.differences(direction[np.newaxis], multiple)[0]
 
     def differences(self, directions: np.ndarray, multiple: float) -> list[tuple]:
@@ -164,22 +170,31 @@ class DirectionalTester:
         minus = (self.base - move).astype(dtype, copy=False)
         terms = np.subtract(plus, minus, out=move, dtype=np.float64)  # the offsets taken
         moved = terms.any(axis=1).tolist()
+        # the analytic gradient's own rounding, u_g·(|g_i| + max|g|) a coordinate (as for a
+        # coordinate's allowed error), times the offsets: a float32 gradient against float64
+        # differences errs by that much
+        offsets = np.abs(terms).sum(axis=1) * self.analytic_scale if self.analytic_eps else None
         values = [(self.run.at(plus[j], "along a direction", fresh=True),
                    self.run.at(minus[j], "along a direction", fresh=True))
                   for j in range(len(directions))]
         terms *= self.analytic
         analytic = (terms.sum(axis=1) / (2.0 * step)).tolist()  # pairwise along each row
-        magnitude = np.abs(terms, out=terms).sum(axis=1).tolist()
+        magnitude = np.abs(terms, out=terms).sum(axis=1)
+        own = [0.0] * len(directions) if offsets is None \
+            else (self.analytic_eps * (magnitude + offsets)).tolist()
+        magnitude = magnitude.tolist()
         # NumPy's pairwise sum of the n products g_i·Δ_i errs by at most about
         # u·(log2 n + 1)·Σ|g_i·Δ_i| (Higham, Accuracy and Stability, §4.2).
         pairwise = float(np.finfo(np.float64).eps) * (math.log2(max(terms.shape[1], 2)) + 1.0)
         results = []
-        for (f_plus, f_minus), a, size, shifted in zip(values, analytic, magnitude, moved, strict=True):
-            noise = analysis.evaluation_noise(self.noise_references, f_plus, f_minus,
-                                              self.values_dtype)
-            rounding = math.sqrt(2.0) * float(noise) / (2.0 * step)
-            rounding += pairwise * size / (2.0 * step)
-            results.append(((f_plus - f_minus) / (2.0 * step), a, rounding, shifted))
+        for (f_plus, f_minus), a, size, shifted, gradient_rounding in zip(
+                values, analytic, magnitude, moved, own, strict=True):
+            noise = float(analysis.evaluation_noise(self.noise_references, f_plus, f_minus,
+                                                    self.values_dtype))
+            rounding = math.sqrt(2.0) * noise / (2.0 * step)
+            rounding += (pairwise * size + gradient_rounding) / (2.0 * step)
+            bend = math.nan if self.f0 is None else (f_plus - self.f0) + (f_minus - self.f0)
+            results.append(((f_plus - f_minus) / (2.0 * step), a, rounding, shifted, bend, noise))
         return results
 
     def test(self, direction: np.ndarray, label: str,
@@ -191,33 +206,45 @@ class DirectionalTester:
         a residual beyond z·r + TRUNCATION_MARGIN·T fails without the second step.
         ``first``: the difference at h0, if already made (see :meth:`differences`).
         """
-        numerical, analytic, rounding, moved = first or self._difference(direction, 1.0)
+        numerical, analytic, rounding, moved, bend, noise = first or self._difference(direction, 1.0)
         first_rounding = rounding
         error = self.multiplier * rounding
-        evaluations, truncation = 2, 0.0
+        evaluations, truncation, kinks = 2, 0.0, 0.0
         residual = abs(numerical - analytic)
         if predicted_truncation is not None \
                 and residual > error + TRUNCATION_MARGIN * predicted_truncation:
             error += TRUNCATION_MARGIN * predicted_truncation
         elif residual > error:
-            numerical2, analytic2, rounding2, _ = self._difference(direction, 2.0)
+            numerical2, analytic2, rounding2, _, bend2, noise2 = self._difference(direction, 2.0)
             evaluations += 2
             extrapolated = analysis.richardson(numerical, numerical2)
             analytic_r = analysis.richardson(analytic, analytic2)
             truncation = abs((numerical - analytic) - (extrapolated - analytic_r))
             error = (self.multiplier * float(analysis.richardson_rounding_std(rounding, rounding2))
                      + truncation)
+            first = (numerical - analytic, numerical2 - analytic2, rounding, rounding2)
             numerical, analytic = extrapolated, analytic_r
+            if abs(numerical - analytic) > error:  # kinks along v? (see analysis)
+                kinks = float(analysis.kink_allowance(bend, bend2, max(noise, noise2),
+                                                      self.step, self.multiplier))
+                d1, d2, r1, r2 = first
+                if abs(numerical - analytic) > error + kinks and analysis.may_be_unconverged(
+                        numerical - analytic, error + kinks, d1, d2):
+                    numerical4, analytic4, rounding4, *_ = self._difference(direction, 4.0)
+                    evaluations += 2
+                    kinks += float(analysis.unconverged_allowance(
+                        d1, d2, numerical4 - analytic4, r1, r2, rounding4, self.multiplier))
+                error += kinks
         score = float(analysis.disagreement(numerical, analytic, error))
         return DirectionResult(label, float(numerical), float(analytic), float(error), score,
                                evaluations, float(truncation), float(np.linalg.norm(direction)),
-                               float(first_rounding), self.step, moved)
+                               float(first_rounding), self.step, moved, float(kinks))
 
     def with_step(self, step: float) -> DirectionalTester:
         """The same tester at another relative step."""
         return DirectionalTester(self.run, self.theta, self.analytic, self.noise_references, step,
-                                 self.values_dtype,
-                                 self.multiplier)
+                                 self.values_dtype, self.multiplier, self.f0,
+                                 self.analytic_eps, self.analytic_scale)
 
     def sensitivity(self, results: list[DirectionResult], alpha: float = ALPHA) -> float:
         """The single-coordinate error s_i·|δ| caught w.p. ≥ 1 − α by these Gaussian directions."""

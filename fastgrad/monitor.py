@@ -127,7 +127,7 @@ class Monitor:
             self._directional_step = min(result.step for result in report.directions)
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
-        self.history.append(self._summary(call, report, elapsed))
+        self.history.append(self.summary(call, report, elapsed))
         if not report.passed:
             self._fail(report)
         return report
@@ -153,7 +153,8 @@ class Monitor:
         return Coverage(coords, self._guarantee, ALPHA)
 
     @staticmethod
-    def _summary(call: int, report: Report, seconds: float) -> dict:
+    def summary(call: int, report: Report, seconds: float) -> dict:
+        """The entry of :attr:`history` for the check at call ``call``."""
         return {"step": call, "verdict": report.verdict, "relative_error": report.relative_error,
                 "checked": report.checked, "failed": report.failed,
                 "directions_failed": sum(d.failed for d in report.directions),
@@ -161,12 +162,20 @@ class Monitor:
                 "worst": report.worst_label}
 
     def _fail(self, report: Report) -> None:
-        if self.on_fail == "raise":
-            raise GradientMismatch(report)
-        if self.on_fail == "warn":
-            worst = report.worst[0].label if report.worst else "a direction"
-            warnings.warn(f"gradient check failed at step {self.history[-1]['step']}: "
-                          f"{report.failed} coordinate(s) disagree, worst {worst}",
-                          GradientCheckWarning, stacklevel=3)
-        elif callable(self.on_fail):
-            self.on_fail(report)
+        act_on_failure(self.on_fail, report, self.history[-1]["step"], stacklevel=4)
+
+
+def act_on_failure(on_fail: str | Callable[[Report], object], report: Report, step: int,
+                   stacklevel: int = 3) -> None:
+    """Warn (GradientCheckWarning), raise GradientMismatch or call ``on_fail(report)``.
+
+    What a Monitor does with a failing report.
+    """
+    if on_fail == "raise":
+        raise GradientMismatch(report)
+    if on_fail == "warn":
+        worst = report.worst[0].label if report.worst else "a direction"
+        warnings.warn(f"gradient check failed at step {step}: {report.failed} coordinate(s) "
+                      f"disagree, worst {worst}", GradientCheckWarning, stacklevel=stacklevel)
+    elif callable(on_fail):
+        on_fail(report)

@@ -329,8 +329,13 @@ def format_report(report: Report, *, command_line: bool = False) -> str:
     if report.localisation is not None:
         found = report.localisation
         named = ", ".join(found["coordinates"] + [f"{g} (dense)" for g in found["dense"]])
+        if any(d.failed for d in report.directions):
+            why = '' if found['complete'] else '; more may remain'
+        else:
+            why = ("; looked for because a direction agreed only once the slope jumps of the "
+                   "kinks it crosses were allowed for")
         lines.append(f"localised       {named or 'nothing'} in {found['evaluations']} loss "
-                     f"evaluations{'' if found['complete'] else '; more may remain'}")
+                     f"evaluations{why}")
     if report.kinks:
         lines.append(f"kinks           {report.kinks:,} coordinate(s) sit at a kink (ReLU, max, abs): "
                      "their central difference straddles it, and the analytic value matches "

@@ -110,10 +110,11 @@ def judge(layout: ParameterLayout, plan, coordinates, analytic_flat: np.ndarray,
     if rough is not None and rough.any():
         names = ", ".join(layout.label(int(c)) for c in plan.coords[rough][:3])
         notes.append(f"the loss is not smooth at the step scale near {names}"
-                     f"{' and others' if rough.sum() > 3 else ''}: f(theta) is off the loss around "
-                     "it and its differences do not converge as the step shrinks (a spike "
-                     "narrower than the step), so finite differences cannot confirm any "
-                     "derivative there")
+                     f"{' and others' if rough.sum() > 3 else ''}: its differences do not "
+                     "converge as the step changes (a spike narrower than the step, or many "
+                     "kinks within it: ReLU, max pooling), so finite differences cannot "
+                     "confirm any derivative there; look closer (dtype float64, a smaller "
+                     "eps, or a point away from the kinks)")
     moved = coordinates.steps
     if moved is not None and moved.any():
         rows = np.flatnonzero(moved)

@@ -346,3 +346,79 @@ def test_central4_on_the_relu_hinge_net_passes_and_the_bugs_fail():
         caught += fg.check(hinge_loss, wrong, theta, (X, y), method="central4").verdict == "fail"
     assert not failures, failures[0][1]
     assert caught == 20
+
+
+# ------------------------------------------------------------------ dense kinks
+# relu(θ0 − c_k) summed over kinks every 2e-7 below θ0 = 0.3 and every 1e-7 above it: the
+# default step (6e-6) straddles ~90 kinks on each side, so no one-sided value is clean and
+# the central difference (and its Richardson value) err by several slopes, as the first
+# layer of a ReLU/max-pooling CNN does under a float32 step.
+DENSE_KINKS = 0.3 + np.concatenate([-2e-7 * np.arange(1, 301) + 0.5e-7,
+                                    1e-7 * np.arange(0, 600) + 0.5e-7])
+
+
+def dense_kinks_loss(theta):
+    return float(np.maximum(theta[0] - DENSE_KINKS, 0.0).sum() + np.sin(theta[1]))
+
+
+def dense_kinks_grad(theta):
+    return np.array([float((theta[0] > DENSE_KINKS).sum()), np.cos(theta[1])])
+
+
+@pytest.mark.parametrize("directions", [None, 2])
+def test_dense_kinks_on_both_sides_are_not_a_false_alarm(directions):
+    report = fg.check(dense_kinks_loss, dense_kinks_grad, np.array([0.3, 0.4]), seed=0,
+                      directions=directions)
+    assert report.verdict == "warn", str(report)  # cannot vouch, cannot blame
+    if directions is None:
+        assert report.unresolved == 1 and report.worst[0].label == "theta[0]"
+    else:
+        assert any(d.kinks > 0 for d in report.directions) and report.localisation is not None
+
+
+@pytest.mark.parametrize("directions", [None, 2])
+@pytest.mark.parametrize("wrong", [0, 1])
+def test_a_wrong_gradient_among_dense_kinks_still_fails(directions, wrong):
+    factor = np.ones(2)
+    factor[wrong] = 1.5
+
+    def grad(theta):
+        return dense_kinks_grad(theta) * factor
+
+    report = fg.check(dense_kinks_loss, grad, np.array([0.3, 0.4]), seed=0, directions=directions)
+    assert report.verdict == "fail" and report.worst[0].label == f"theta[{wrong}]", str(report)
+
+
+def test_kink_allowance_is_zero_on_a_smooth_line_and_bounds_a_kinks_error():
+    """Where it applies (K beyond rounding and 1/10 of the slope differences), the Richardson
+    value's error is within it; a smooth line, even at a step where K exceeds rounding, has none."""
+    from fastgrad.analysis import kink_allowance
+
+    t, noise, z = 1e-3, 1e-16, 12.0
+
+    def bends(f):
+        f0 = f(0.0)
+        return (f(t) - f0) + (f(-t) - f0), (f(2 * t) - f0) + (f(-2 * t) - f0)
+
+    assert kink_allowance(*bends(lambda s: np.exp(s) + s ** 3), noise, t, z) == 0.0
+    for delta in (0.1, 0.4, 0.9, 1.2, 1.9):  # a kink at δ·t, slope 1 → 3
+        def f(s, delta=delta):
+            return s + 2.0 * max(s - delta * t, 0.0)
+        b1, b2 = bends(f)
+        d1 = (f(t) - f(-t)) / (2 * t)
+        richardson = (4 * d1 - (f(2 * t) - f(-2 * t)) / (4 * t)) / 3
+        allowance = kink_allowance(b1, b2, noise, t, z)
+        assert allowance > 0 or abs(delta - 2 / 3) < 0.1  # blind only near δ = 2t/3
+        assert abs(richardson - 1.0) <= allowance + 1e-9
+
+
+def test_unconverged_allowance_spreads_where_the_differences_are_not_second_order():
+    from fastgrad.analysis import unconverged_allowance
+
+    t, r, z = 1e-3, 1e-12, 12.0
+    smooth = [1.0 + 0.3 * (k * t) ** 2 for k in (1, 2, 4)]
+    assert unconverged_allowance(*smooth, r, r, r, z) == 0.0  # a bug on it is not excused
+    for power in (1.0, 0.5):  # f'' jumps (p = 1), a random walk of kinks (p = 1/2)
+        d = [1.0 + 0.3 * (k * t) ** power for k in (1, 2, 4)]
+        richardson = (4 * d[0] - d[1]) / 3
+        assert abs(richardson - 1.0) <= unconverged_allowance(*d, r, r, r, z)

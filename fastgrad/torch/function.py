@@ -21,9 +21,12 @@ from ..pipeline import run_check
 from ..products import common
 from ..products.common import ProductReport
 from ..products.vjp import combined_report
+from ..report import Report
 from .evaluator import TorchScalar
 from .tensors import (
+    as_computed,
     batched_mode,
+    confirmed,
     gradients,
     noted,
     one_device,
@@ -156,18 +159,34 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
     products = common.vectors(_as_arrays(cotangents, outputs), out_layout, entropy, "cotangents")
     theta = {name: to_numpy(leaf, working) for name, leaf in leaves.items()}
     out_bytes = sum(o.numel() * o.element_size() for o in outputs.values())
-    reports, plan = [], None
+    reports, plan, plan64 = [], None, None
     for u in products:
         parts = _cotangent(u, outputs)
         given = _vjp(outputs, parts, leaves)
-        loss = InnerProduct(call, torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).to(device),
-                            leaves, out_bytes, batched)
+        weights = torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).to(device)
+        loss = InnerProduct(call, weights, leaves, out_bytes, batched)
         loss.plan = plan  # vmap or single calls, planned for the first cotangent: the same fn
-        reports.append(run_check(loss, given, theta,
-                                 validate.check_options(loss, seed=entropy, **options)))
+        report = run_check(loss, given, theta, validate.check_options(loss, seed=entropy, **options))
         plan = loss.plan
+
+        def in_float64(weights=weights, given=given) -> Report:
+            nonlocal plan64
+            wide_call = Call(fn, tuple(_cast(v, torch.float64) for v in positional),
+                             {k: _cast(v, torch.float64) for k, v in keywords.items()}, list(checked))
+            wide = InnerProduct(wide_call, weights, leaves, 2 * out_bytes, batched)
+            wide.plan = plan64
+            theta64 = {name: value.astype(np.float64) for name, value in theta.items()}
+            wide_report = run_check(wide, as_computed(given, torch.float32), theta64,
+                                    validate.check_options(wide, seed=entropy, **options))
+            plan64 = wide.plan
+            return wide_report
+
+        reports.append(confirmed(report, working, in_float64))
+    judged_as_given = any(report.dtype == "float32" for report in reports) \
+        or working != torch.float32  # the float32 note only where float32 judged
     return noted(combined_report(reports, sum(v.size for v in theta.values()),
-                                 out_layout.size, 1, entropy, clock.seconds()), notes)
+                                 out_layout.size, 1, entropy, clock.seconds()),
+                 notes if judged_as_given else [])
 
 
 def _cast(value, dtype: torch.dtype | None):

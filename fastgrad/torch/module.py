@@ -23,12 +23,21 @@ import torch
 from .. import _validation as validate
 from ..errors import InputError
 from ..monitor import Monitor as ArrayMonitor
+from ..monitor import act_on_failure
 from ..pipeline import run_check
 from ..products import common
 from ..report import Report
 from . import tensors
 from .evaluator import TorchScalar
-from .tensors import batched_mode, gradients, noted, require_options, to_numpy
+from .tensors import (
+    as_computed,
+    batched_mode,
+    confirmed,
+    gradients,
+    noted,
+    require_options,
+    to_numpy,
+)
 
 #: Modules whose train mode draws random numbers at each forward.
 RANDOM_IN_TRAINING = (torch.nn.modules.dropout._DropoutNd,)
@@ -231,8 +240,16 @@ def check_module(module: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, *t
     notes: list[str] = []
     loss, theta, args = _module_loss(module, loss_fn, x, targets, dtype, batched, notes)
     grad = _autograd_gradient(loss, args)
-    return noted(run_check(loss, grad, theta, validate.check_options(loss, args=args, seed=seed,
-                                                                     **options)), notes)
+    entropy = common.entropy_of(seed)  # the same sample and directions if confirmed
+
+    def in_float64() -> Report:
+        wide, theta64, args64 = _module_loss(module, loss_fn, x, targets, "float64", batched, [])
+        return run_check(wide, as_computed(grad, loss.dtype), theta64,
+                         validate.check_options(wide, args=args64, seed=entropy, **options))
+
+    report = run_check(loss, grad, theta, validate.check_options(loss, args=args, seed=entropy,
+                                                                 **options))
+    return confirmed(noted(report, notes), loss.dtype, in_float64)
 
 
 def _module_loss(module, loss_fn, x, targets, dtype, batched, notes: list[str],
@@ -348,9 +365,12 @@ class Monitor:
         self._plan: tuple[int, str | None] | None = None  # TorchScalar.plan
         self._replica: Replica | None = None  # the module's copy for single points, kept
         self.seconds = 0.0  # in scheduled steps: reading the module's state and the check
+        self.on_fail = validate.on_fail(on_fail)
+        self.options = options
+        # failures are acted on here, once a float32 one is confirmed in float64 (step)
         self.monitor = ArrayMonitor(self._current, self._current_gradient, every=every,
                                     sample=sample, directions=directions, seed=seed,
-                                    on_fail=on_fail, **options)
+                                    on_fail=lambda report: None, **options)
 
     @property
     def history(self) -> list[dict]:
@@ -376,14 +396,32 @@ class Monitor:
         loss.plan = self._plan  # the batching planned at the first check
         self._current.loss = loss
         try:
-            self._gradient = _grads_of(loss) if self.rows is None \
-                else _autograd_gradient(loss, args)
+            gradient = _grads_of(loss) if self.rows is None else _autograd_gradient(loss, args)
+            self._gradient = gradient
             report = monitor.step(theta, args=args)
+            assert report is not None  # on schedule
+            report = confirmed(noted(report, notes), loss.dtype,
+                               lambda: self._in_float64(report, gradient, x, targets))
         finally:
             self._plan = loss.plan
             self._current.loss, self._gradient = None, None
-            self.seconds += time.perf_counter() - started
-        return None if report is None else noted(report, notes)
+            elapsed = time.perf_counter() - started
+            self.seconds += elapsed
+        summary = monitor.history[-1]  # of the float32 check, if it was confirmed
+        monitor.history[-1] = ArrayMonitor.summary(summary["step"], report, elapsed)
+        if not report.passed:
+            act_on_failure(self.on_fail, report, summary["step"])
+        return report
+
+    def _in_float64(self, report: Report, gradient: dict[str, np.ndarray], x, targets) -> Report:
+        """The check of ``report`` again, on the same coordinates, with float64 differences
+        against the same float32 gradient (see :func:`.tensors.confirmed`)."""
+        wide, theta64, args64 = _module_loss(self.module, self.loss_fn, x, targets, "float64",
+                                             self.batched, [])
+        options = validate.check_options(
+            wide, args=args64, seed=report.details.coords.size + self.monitor.calls,
+            sample=report.details.coords, directions=self.monitor.directions, **self.options)
+        return run_check(wide, as_computed(gradient, torch.float32), theta64, options)
 
 
 def _grads_of(loss: ModuleLoss) -> dict[str, np.ndarray]:
