@@ -324,11 +324,14 @@ class CheckOptions:
     directions: int = 0
     seed: int | None = None
     progress: Callable[[int, int], None] | bool | None = None
+    #: the machine epsilon of the precision the gradient was computed in, where its arrays do
+    #: not show it (a bfloat16 gradient held in float64); None: its arrays' dtypes say
+    gradient_eps: float | None = None
 
 
 def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dtype=None,
                   workers=None, engine="auto", sample=None, detect=None, directions=None,
-                  seed=None, progress=None, executor=None,
+                  seed=None, progress=None, executor=None, gradient_eps=None,
                   directions_minimum: int = 1) -> CheckOptions:
     """Every option of :func:`fastgrad.check` (and of the entry points built on it), checked
     before any work; ``directions`` None becomes 0 (none)."""
@@ -344,4 +347,5 @@ def check_options(loss, *, args=(), kwargs=None, method="central", eps=None, dty
         sample=this.sample(sample), detect=this.detect(detect),
         directions=optional_positive_int("directions", directions,
                                          minimum=directions_minimum) or 0,
-        seed=this.seed(seed), progress=this.progress(progress))
+        seed=this.seed(seed), progress=this.progress(progress),
+        gradient_eps=None if gradient_eps is None else this.eps(gradient_eps))

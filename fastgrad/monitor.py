@@ -32,7 +32,8 @@ from .report import Report
 from .sampling import ALPHA, Coverage, GroupCoverage, allocate, coverage_of
 
 #: The options of :func:`fastgrad.check` that a Monitor passes on to each of its checks.
-PASSED_OPTIONS = ("kwargs", "method", "eps", "dtype", "workers", "engine", "executor", "progress")
+PASSED_OPTIONS = ("kwargs", "method", "eps", "dtype", "workers", "engine", "executor", "progress",
+                  "gradient_eps")
 
 
 class GradientCheckWarning(UserWarning):
@@ -83,7 +84,9 @@ class Monitor:
         call ``on_fail(report)``.
     **options
         Passed to :func:`fastgrad.check`: ``kwargs``, ``method``, ``eps``, ``dtype``,
-        ``workers``, ``engine``, ``executor``, ``progress``.  Every option is checked here, before any
+        ``workers``, ``engine``, ``executor``, ``progress``; and ``gradient_eps``, the machine
+        epsilon of the precision ``grad`` computes in where its arrays do not show it (a
+        bfloat16 gradient returned in float64).  Every option is checked here, before any
         evaluation.
     """
 

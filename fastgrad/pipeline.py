@@ -170,6 +170,8 @@ def prepare(loss: Callable, grad, theta, options: validate.CheckOptions,
     require_representable_steps(theta_flat, max(relative_step, directional_relative_step(
         layout.dtype)) if directions else relative_step, layout.label)
     analytic, analytic_eps = analytic_gradient(grad, theta_flat, layout, args)
+    if options.gradient_eps is not None:  # computed coarser than its arrays hold it
+        analytic_eps = max(analytic_eps, options.gradient_eps)
     if coverage is not None:
         coords = coverage.coords
     elif directions:

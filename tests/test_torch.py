@@ -209,8 +209,9 @@ def test_inputs_it_cannot_check_are_refused_before_any_work():
 
     with pytest.raises(fg.InputError, match="requires grad"):
         check_function(counted, torch.ones(3, dtype=torch.float64))
-    with pytest.raises(fg.InputError, match="bfloat16"):
-        check_function(counted, _tensor(3).to(torch.bfloat16).detach().requires_grad_())
+    with pytest.raises(fg.InputError, match="mix precisions"):
+        check_function(lambda a, b: a * b.float(), _tensor(3, dtype=torch.float32),
+                       _tensor(3).to(torch.bfloat16).detach().requires_grad_())
     with pytest.raises(fg.InputError, match="mix precisions"):
         check_function(lambda a, b: a * b.double(), _tensor(3), _tensor(3, dtype=torch.float32))
     with pytest.raises(fg.InputError, match="complex"):
@@ -466,7 +467,7 @@ def test_single_points_run_on_a_private_copy_that_agrees_with_functional_call():
     from fastgrad.torch.module import _module_loss
     net = _mlp()
     X, Y = _batch()
-    loss, theta, args = _module_loss(net, torch.nn.functional.mse_loss, X, (Y,), None, False, [])
+    loss, theta, args, _ = _module_loss(net, torch.nn.functional.mse_loss, X, (Y,), None, False, [])
     assert loss.replica is not None and loss.replica.module is not net
     flat = torch.cat([torch.as_tensor(v).ravel() for v in theta.values()])
     point = flat + 1e-3 * torch.arange(flat.numel(), dtype=flat.dtype)
@@ -502,7 +503,7 @@ def test_a_module_that_cannot_be_copied_is_evaluated_through_functional_call():
     net.lock = threading.Lock()  # deepcopy raises on a lock
     X, Y = _batch()
     from fastgrad.torch.module import _module_loss
-    loss, _, _ = _module_loss(net, torch.nn.functional.mse_loss, X, (Y,), None, False, [])
+    loss, *_ = _module_loss(net, torch.nn.functional.mse_loss, X, (Y,), None, False, [])
     assert loss.replica is None
     assert fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0,
                                  batched=False).passed
@@ -571,3 +572,32 @@ def test_a_planted_bug_behind_the_cnns_kinks_still_fails(dtype):
         report = fg.torch.check_module(_cnn(seed, dtype, "element"),
                                        torch.nn.functional.cross_entropy, X, Y, seed=seed)
         assert report.verdict == "fail" and report.worst_label == "7.weight[1, 2]", str(report)
+
+
+# ------------------------------------------------------------------------- bfloat16, float16
+@pytest.mark.parametrize("narrow", [torch.bfloat16, torch.float16])
+def test_narrow_precisions_are_judged_against_float64_differences_in_their_own_rounding(narrow):
+    """The VJP autograd computes in bfloat16 (u = 2^-7), judged against float64 differences
+    with its rounding allowed for, z·u·(|g_i| + max|g|) ≈ 0.09·(|g_i| + max|g|): a correct one
+    is not failed, one element off by a relative 50 % fails (10 % is within that allowance
+    here); the report says which precision judged what."""
+    x = _tensor(6, 4).to(narrow).detach().requires_grad_()
+    w = _tensor(4, 4, seed=1).to(narrow).detach().requires_grad_()
+    name = str(narrow).removeprefix("torch.")
+    for seed in range(3):
+        report = check_function(planted(None), x, w, seed=seed)
+        assert report.passed, str(report)
+        assert report.reports[0].dtype == "float64"  # the differences'
+        assert any(f"{name} tensors" in note and "float64 differences" in note
+                   for note in report.notes)
+        caught = check_function(planted("element", 0.5), x, w, seed=seed)
+        assert caught.verdict == "fail" and caught.worst[0].label.endswith("input1[1, 2]")
+    assert x.dtype == narrow and x.grad is None  # the inputs as they were
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).to(narrow)
+    X, Y = (t.to(narrow) for t in _batch())
+    assert fg.torch.check_module(net, torch.nn.functional.mse_loss, X, Y, seed=0).passed
+    assert next(net.parameters()).dtype == narrow
+    mon = fg.torch.Monitor(net, torch.nn.functional.mse_loss, every=1, sample=8, directions=1,
+                           seed=0, rows=6, on_fail="raise")
+    assert mon.step(X, Y).passed

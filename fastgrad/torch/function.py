@@ -24,7 +24,6 @@ from ..products.vjp import combined_report
 from ..report import Report
 from .evaluator import TorchScalar
 from .tensors import (
-    as_computed,
     batched_mode,
     confirmed,
     gradients,
@@ -105,9 +104,12 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
     seed : int, optional
         Reproduces the cotangents, the sample and the directions.
     dtype : None, "float32" or "float64"
-        None: the inputs' own precision (all float64, or all float32: then judged with float32
-        steps and allowed errors, and the report says so); else every floating tensor
-        argument cast to it, for the VJP and the differences alike.
+        None: the inputs' own precision: all float64; all float32, judged with float32 steps
+        and allowed errors, and, where that does not pass, with float64 differences against
+        the same float32 VJPs; all bfloat16 (or float16): the VJPs computed in it, judged
+        against float64 differences allowing for its rounding.  The report says which.
+        "float32"/"float64": every floating tensor argument cast to it, for the VJP and the
+        differences alike.
     batched : "auto", True or False
         "auto": chunks of perturbed inputs evaluated by one ``torch.func.vmap`` call each when
         vmap works on fn, agrees with single calls and is faster per point (timed once, on 32
@@ -143,12 +145,20 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
     if not checked:
         raise InputError("no input requires grad: give the tensors to check requires_grad=True")
     device = one_device(checked)
-    working, notes = working_dtype(checked, dtype)
+    precision = working_dtype(checked, dtype)
+    working = precision.gradient
     cast = working if dtype is not None else None
     positional = tuple(_cast(value, cast) for value in inputs)
     keywords = {**validate.kwargs(kwargs),
                 **{key: _cast(value, cast) for key, value in keyword_inputs.items()}}
     call = Call(fn, positional, keywords, list(checked))
+
+    def evaluated_in(wide: torch.dtype) -> Call:
+        """fn with every floating argument cast to ``wide``, for the differences."""
+        return Call(fn, tuple(_cast(v, wide) for v in positional),
+                    {k: _cast(v, wide) for k, v in keywords.items()}, list(checked))
+
+    differenced = call if precision.evaluate == working else evaluated_in(precision.evaluate)
     leaves = {name: t.detach().to(working, copy=True).requires_grad_(True)
               for name, t in checked.items()}
     with torch.enable_grad():
@@ -157,27 +167,27 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
                                           "fn(*inputs)")
     common.flat_values(out_layout, out_layout.structured(f0), "fn(*inputs)")  # finite
     products = common.vectors(_as_arrays(cotangents, outputs), out_layout, entropy, "cotangents")
-    theta = {name: to_numpy(leaf, working) for name, leaf in leaves.items()}
+    theta = {name: to_numpy(leaf, precision.evaluate) for name, leaf in leaves.items()}
     out_bytes = sum(o.numel() * o.element_size() for o in outputs.values())
     reports, plan, plan64 = [], None, None
     for u in products:
         parts = _cotangent(u, outputs)
         given = _vjp(outputs, parts, leaves)
         weights = torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).to(device)
-        loss = InnerProduct(call, weights, leaves, out_bytes, batched)
+        loss = InnerProduct(differenced, weights, leaves, out_bytes, batched)
         loss.plan = plan  # vmap or single calls, planned for the first cotangent: the same fn
-        report = run_check(loss, given, theta, validate.check_options(loss, seed=entropy, **options))
+        report = run_check(loss, given, theta, validate.check_options(
+            loss, seed=entropy, gradient_eps=precision.gradient_eps, **options))
         plan = loss.plan
 
         def in_float64(weights=weights, given=given) -> Report:
             nonlocal plan64
-            wide_call = Call(fn, tuple(_cast(v, torch.float64) for v in positional),
-                             {k: _cast(v, torch.float64) for k, v in keywords.items()}, list(checked))
-            wide = InnerProduct(wide_call, weights, leaves, 2 * out_bytes, batched)
+            wide = InnerProduct(evaluated_in(torch.float64), weights, leaves, 2 * out_bytes,
+                                batched)
             wide.plan = plan64
             theta64 = {name: value.astype(np.float64) for name, value in theta.items()}
-            wide_report = run_check(wide, as_computed(given, torch.float32), theta64,
-                                    validate.check_options(wide, seed=entropy, **options))
+            wide_report = run_check(wide, given, theta64, validate.check_options(
+                wide, seed=entropy, gradient_eps=float(torch.finfo(working).eps), **options))
             plan64 = wide.plan
             return wide_report
 
@@ -186,7 +196,7 @@ def check_function(fn: Callable, *inputs: Any, cotangents: int | list = 4, seed:
         or working != torch.float32  # the float32 note only where float32 judged
     return noted(combined_report(reports, sum(v.size for v in theta.values()),
                                  out_layout.size, 1, entropy, clock.seconds()),
-                 notes if judged_as_given else [])
+                 list(precision.notes) if judged_as_given else [])
 
 
 def _cast(value, dtype: torch.dtype | None):

@@ -30,7 +30,6 @@ from ..report import Report
 from . import tensors
 from .evaluator import TorchScalar
 from .tensors import (
-    as_computed,
     batched_mode,
     confirmed,
     gradients,
@@ -122,7 +121,7 @@ class ModuleLoss(TorchScalar):
 
     def __init__(self, module: torch.nn.Module, loss_fn: Callable, checked: Mapping[str, torch.Tensor],
                  dtype: torch.dtype, device: torch.device, batched: bool | str,
-                 replica: Replica | None = None):
+                 replica: Replica | None = None, copied: bool = True):
         super().__init__(list(checked), [tuple(p.shape) for p in checked.values()], device, batched)
         self.module, self.loss_fn, self.dtype = module, loss_fn, dtype
         self.frozen = {name: p.detach().to(dtype) if p.is_floating_point() else p.detach()
@@ -135,7 +134,7 @@ class ModuleLoss(TorchScalar):
             list(module.named_parameters())) or len(list(module.named_buffers(
                 remove_duplicate=False))) > len(self.buffers)
         #: single points are evaluated on it (``replica``: one kept from an earlier check)
-        self.replica = replica_of(module, list(checked), dtype, replica)
+        self.replica = replica_of(module, list(checked), dtype, replica) if copied else None
         if self.replica is not None and self.replica is replica:
             self.replica.refresh(self.frozen)
 
@@ -216,8 +215,9 @@ def check_module(module: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, *t
     seed : int, optional
         Reproduces the sample and the directions.
     dtype : None, "float32" or "float64"
-        None: the parameters' own precision (float32 judged with float32's steps and allowed
-        errors); else the module evaluated in it.
+        None: the parameters' own precision, as :func:`check_function` treats its inputs'
+        (float32 judged in float32, and in float64 where that does not pass; bfloat16's
+        gradient judged against float64 differences); else the module evaluated in it.
     batched : "auto", True or False
         Batches of perturbed parameters through ``torch.func.vmap``, as for
         :func:`check_function` (vmap fails on BatchNorm in train mode: one call per point).
@@ -238,17 +238,18 @@ def check_module(module: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, *t
     """
     require_options(options, "check_module")
     notes: list[str] = []
-    loss, theta, args = _module_loss(module, loss_fn, x, targets, dtype, batched, notes)
-    grad = _autograd_gradient(loss, args)
+    loss, theta, args, precision = _module_loss(module, loss_fn, x, targets, dtype, batched, notes)
+    grad = _gradient(loss, args, precision)
     entropy = common.entropy_of(seed)  # the same sample and directions if confirmed
 
     def in_float64() -> Report:
-        wide, theta64, args64 = _module_loss(module, loss_fn, x, targets, "float64", batched, [])
-        return run_check(wide, as_computed(grad, loss.dtype), theta64,
-                         validate.check_options(wide, args=args64, seed=entropy, **options))
+        wide, theta64, args64, _ = _module_loss(module, loss_fn, x, targets, "float64", batched, [])
+        return run_check(wide, grad, theta64, validate.check_options(
+            wide, args=args64, seed=entropy, gradient_eps=float(torch.finfo(loss.dtype).eps),
+            **options))
 
-    report = run_check(loss, grad, theta, validate.check_options(loss, args=args, seed=entropy,
-                                                                 **options))
+    report = run_check(loss, grad, theta, validate.check_options(
+        loss, args=args, seed=entropy, gradient_eps=precision.gradient_eps, **options))
     return confirmed(noted(report, notes), loss.dtype, in_float64)
 
 
@@ -270,15 +271,28 @@ def _module_loss(module, loss_fn, x, targets, dtype, batched, notes: list[str],
     if not checked:
         raise InputError("no parameter of the module requires grad: there is nothing to check")
     device = tensors.one_device(checked)
-    working, precision = tensors.working_dtype(checked, dtype)
-    notes += precision
+    precision = tensors.working_dtype(checked, dtype)
+    working = precision.evaluate
+    notes += precision.notes
     if not isinstance(x, torch.Tensor):
         raise InputError(f"x must be a tensor, got {type(x).__name__}")
     args = tuple(a.detach().to(working) if isinstance(a, torch.Tensor) and a.is_floating_point()
                  else a for a in (x, *targets))
     loss = ModuleLoss(module, loss_fn, checked, working, device, batched, replica)
     theta = {name: to_numpy(p, working) for name, p in checked.items()}
-    return loss, theta, args
+    return loss, theta, args, precision
+
+
+def _gradient(loss: ModuleLoss, args: tuple, precision: tensors.Precision) -> dict[str, np.ndarray]:
+    """autograd's gradient of the loss in the precision's gradient dtype (a bfloat16 module's
+    in bfloat16), at copies of the parameters."""
+    if precision.gradient == loss.dtype:
+        return _autograd_gradient(loss, args)
+    narrow = ModuleLoss(loss.module, loss.loss_fn, dict(zip(loss.names, _parameters(loss), strict=True)),
+                        precision.gradient, loss.device, False, copied=False)
+    return _autograd_gradient(narrow, tuple(
+        a.to(precision.gradient) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args))
 
 
 def _autograd_gradient(loss: ModuleLoss, args: tuple) -> dict[str, np.ndarray]:
@@ -367,10 +381,13 @@ class Monitor:
         self.seconds = 0.0  # in scheduled steps: reading the module's state and the check
         self.on_fail = validate.on_fail(on_fail)
         self.options = options
+        self.precision = tensors.working_dtype(
+            {name: p for name, p in module.named_parameters() if p.requires_grad}, dtype)
         # failures are acted on here, once a float32 one is confirmed in float64 (step)
         self.monitor = ArrayMonitor(self._current, self._current_gradient, every=every,
                                     sample=sample, directions=directions, seed=seed,
-                                    on_fail=lambda report: None, **options)
+                                    on_fail=lambda report: None,
+                                    gradient_eps=self.precision.gradient_eps, **options)
 
     @property
     def history(self) -> list[dict]:
@@ -390,13 +407,16 @@ class Monitor:
         if self.rows is not None:
             x, targets = x[:self.rows], tuple(t[:self.rows] if isinstance(t, torch.Tensor)
                                               and t.dim() else t for t in targets)
-        loss, theta, args = _module_loss(self.module, self.loss_fn, x, targets, self.dtype,
-                                         self.batched, notes, self._replica)
+        loss, theta, args, precision = _module_loss(self.module, self.loss_fn, x, targets,
+                                                    self.dtype, self.batched, notes, self._replica)
+        if precision != self.precision:
+            raise InputError(f"the module's parameters are now {precision.gradient}, they were "
+                             f"{self.precision.gradient} when the Monitor was made: make a new one")
         self._replica = loss.replica
         loss.plan = self._plan  # the batching planned at the first check
         self._current.loss = loss
         try:
-            gradient = _grads_of(loss) if self.rows is None else _autograd_gradient(loss, args)
+            gradient = _grads_of(loss) if self.rows is None else _gradient(loss, args, precision)
             self._gradient = gradient
             report = monitor.step(theta, args=args)
             assert report is not None  # on schedule
@@ -416,12 +436,13 @@ class Monitor:
     def _in_float64(self, report: Report, gradient: dict[str, np.ndarray], x, targets) -> Report:
         """The check of ``report`` again, on the same coordinates, with float64 differences
         against the same float32 gradient (see :func:`.tensors.confirmed`)."""
-        wide, theta64, args64 = _module_loss(self.module, self.loss_fn, x, targets, "float64",
-                                             self.batched, [])
+        wide, theta64, args64, _ = _module_loss(self.module, self.loss_fn, x, targets, "float64",
+                                                self.batched, [])
         options = validate.check_options(
             wide, args=args64, seed=report.details.coords.size + self.monitor.calls,
-            sample=report.details.coords, directions=self.monitor.directions, **self.options)
-        return run_check(wide, as_computed(gradient, torch.float32), theta64, options)
+            sample=report.details.coords, directions=self.monitor.directions,
+            gradient_eps=float(torch.finfo(torch.float32).eps), **self.options)
+        return run_check(wide, gradient, theta64, options)
 
 
 def _grads_of(loss: ModuleLoss) -> dict[str, np.ndarray]:

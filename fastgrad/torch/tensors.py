@@ -5,6 +5,7 @@ gradients back."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -20,34 +21,66 @@ from ..report import Report
 CHECK_OPTIONS = ("method", "eps", "sample", "detect", "directions", "progress")
 #: Dtypes checked in their own precision.
 OWN_PRECISION = (torch.float32, torch.float64)
+#: Dtypes whose derivatives are judged against float64 differences (see working_dtype).
+NARROW = (torch.bfloat16, torch.float16)
 
 
-def working_dtype(tensors: Mapping[str, torch.Tensor], dtype) -> tuple[torch.dtype, list[str]]:
-    """The dtype a check evaluates in, and what the report should say of it.
+@dataclass(frozen=True)
+class Precision:
+    """How a check treats its tensors' precision.
 
-    ``dtype`` None: the tensors' own, when all are float64, or all float32 (then steps and
-    allowed errors are float32's, u = 2⁻²³); "float32"/"float64": every tensor cast to it.
-    Mixed precisions, and bfloat16/float16 (whose u = 2⁻⁸/2⁻¹¹ leaves a finite difference
-    no correct digit at fastgrad's steps), need ``dtype``: InputError.
+    ``gradient``: the dtype autograd computes the checked derivatives in; ``evaluate``: the
+    dtype the function is evaluated in for the differences (θ's NumPy dtype); ``notes``: what
+    the report says of it.
+    """
+
+    gradient: torch.dtype
+    evaluate: torch.dtype
+    notes: tuple[str, ...] = ()
+
+    @property
+    def gradient_eps(self) -> float | None:
+        """The gradient's machine epsilon, where it is coarser than the evaluations' (a
+        bfloat16 gradient judged against float64 differences), else None."""
+        return float(torch.finfo(self.gradient).eps) if self.gradient != self.evaluate else None
+
+
+def working_dtype(tensors: Mapping[str, torch.Tensor], dtype) -> Precision:
+    """The precision of a check of ``tensors``.
+
+    ``dtype`` "float32"/"float64": every tensor cast to it, for the derivatives and the
+    differences alike.  None: the tensors' own, when all are float64, or all float32 (then
+    steps and allowed errors are float32's, u = 2⁻²³; see :func:`confirmed`), or all bfloat16
+    (or all float16): their derivatives computed in it, and judged against float64
+    differences of the function, allowing for the gradient's rounding in its precision
+    (u = 2⁻⁷, 2⁻¹⁰): a central difference in bfloat16 itself keeps no correct digit (its
+    rounding, u·|f|/h, is 1e-3 relative at best, at h = u^(1/3) = 0.2).  Mixed precisions
+    need ``dtype``: InputError.
     """
     asked = validate.dtype(dtype)
     found = {name: t.dtype for name, t in tensors.items()}
     if asked is not None:
         chosen = torch.float32 if asked == np.float32 else torch.float64
         cast = sorted({str(d).removeprefix("torch.") for d in found.values() if d != chosen})
-        return chosen, ([f"evaluated in {chosen} (dtype={asked.name!r}); the tensors were "
-                         f"{', '.join(cast)}"] if cast else [])
+        return Precision(chosen, chosen,
+                         (f"evaluated in {chosen} (dtype={asked.name!r}); the tensors were "
+                          f"{', '.join(cast)}",) if cast else ())
     kinds = set(found.values())
     if len(kinds) == 1 and next(iter(kinds)) in OWN_PRECISION:
         chosen = next(iter(kinds))
-        return chosen, [] if chosen == torch.float64 else [FLOAT32_NOTE]
-    narrow = [name for name, d in found.items() if d not in OWN_PRECISION]
-    if narrow:
-        raise InputError(f"{narrow[0]} is {found[narrow[0]]}: finite differences need float32 "
-                         "or float64 steps (in bfloat16 or float16 a difference keeps no correct "
-                         "digit); give dtype='float32' or dtype='float64' to evaluate in it")
-    raise InputError(f"the tensors mix precisions ({', '.join(f'{n}: {d}' for n, d in found.items())}); "
-                     "give dtype='float32' or dtype='float64' to evaluate all in one")
+        return Precision(chosen, chosen, () if chosen == torch.float64 else (FLOAT32_NOTE,))
+    if len(kinds) == 1 and next(iter(kinds)) in NARROW:
+        narrow = next(iter(kinds))
+        name = str(narrow).removeprefix("torch.")
+        eps = float(torch.finfo(narrow).eps)
+        return Precision(narrow, torch.float64, (
+            f"{name} tensors: the derivatives autograd computes in {name} are judged against "
+            f"float64 differences of the function (evaluated in float64), allowing for their "
+            f"rounding in {name} (u = {eps:.1e} times their magnitude and the largest's): an "
+            f"error below an entry's allowed error (listed) cannot be told from {name} rounding",))
+    listed = ", ".join(f"{n}: {str(d).removeprefix('torch.')}" for n, d in found.items())
+    raise InputError(f"the tensors mix precisions ({listed}); give dtype='float32' or "
+                     "dtype='float64' to evaluate all in one")
 
 
 #: The float32 report's note: what a float32 check can and cannot see.
@@ -68,13 +101,6 @@ def gradients(grads, leaves: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray
     return {name: np.zeros(tuple(leaf.shape)) if grad is None
             else to_numpy(grad, torch.float64)
             for (name, leaf), grad in zip(leaves.items(), grads, strict=True)}
-
-
-def as_computed(grad: Mapping[str, np.ndarray], dtype: torch.dtype) -> dict[str, np.ndarray]:
-    """A gradient held in float64 arrays, in the precision it was computed in (float32 values
-    are exact in float64 and back), so that a check allows for that precision's rounding."""
-    return {name: np.asarray(g, dtype=np.float32 if dtype == torch.float32 else np.float64)
-            for name, g in grad.items()}
 
 
 def one_device(tensors: Mapping[str, torch.Tensor]) -> torch.device:
