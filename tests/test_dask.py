@@ -303,3 +303,40 @@ def test_a_jacobian_and_a_vjp_on_the_cluster_as_in_the_calling_thread(client):
     report = _in_time(fg.check_vjp, _tanh_rows, lambda x, u, a: wrong.T @ u, x, args=(matrix,),
                       seed=0, executor=client)
     assert report.verdict == "fail" and report.reports[0].executor.startswith("dask")
+
+
+def test_a_task_the_scheduler_cancels_is_run_again(client, monkeypatch):
+    """A worker that dies at the wrong moment can make the scheduler drop a task ("cancelled
+    for reason: already forgotten", seen once in CI): it is run again, and the check completes
+    with the serial values; past LOST_TASKS_RUN_AGAIN such losses it stops as a worker death."""
+    from fastgrad.engine import distributed as executor_module
+
+    submit = client.submit
+    cancelled = []
+
+    def cancel_the_first(*args, **kwargs):
+        future = submit(*args, **kwargs)
+        if not cancelled:
+            cancelled.append(future.key)
+            client.cancel([future])
+        return future
+
+    monkeypatch.setattr(client, "submit", cancel_the_first)
+    theta = np.linspace(0.5, 1.5, 30)
+
+    def loss(t):
+        return float(np.sum(np.sin(t)))
+
+    on_cluster = _in_time(fg.numerical_gradient, loss, theta, executor=client)
+    assert cancelled
+    np.testing.assert_array_equal(on_cluster, fg.numerical_gradient(loss, theta, executor="serial"))
+
+    def cancel_every(*args, **kwargs):
+        future = submit(*args, **kwargs)
+        client.cancel([future])
+        return future
+
+    monkeypatch.setattr(client, "submit", cancel_every)
+    monkeypatch.setattr(executor_module, "LOST_TASKS_RUN_AGAIN", 2)
+    with pytest.raises(fg.LossError, match="worker"):
+        _in_time(fg.numerical_gradient, loss, theta, executor=client)

@@ -31,6 +31,7 @@ import math
 import time
 import weakref
 from collections import deque
+from concurrent.futures import CancelledError
 
 import numpy as np
 from distributed import Client, Future, KilledWorker, as_completed
@@ -56,6 +57,9 @@ TASK_SECONDS = TASK_OVERHEAD_SECONDS * TASK_EFFICIENCY / (1.0 - TASK_EFFICIENCY)
 ROUND_TRIP_SECONDS = 0.011
 #: Tasks in flight per worker thread: the one it runs and the next, ready when it ends.
 TASKS_PER_WORKER = 2
+#: Tasks the scheduler may cancel (lost with a dying worker) and have run again, per batch,
+#: before the batch fails as a worker death: dask's own allowed-failures (3) plus one.
+LOST_TASKS_RUN_AGAIN = 4
 
 
 def _run_timed(source: bytes, task: ChunkTask) -> tuple[ChunkDone, float]:
@@ -100,39 +104,58 @@ class DaskExecutor(RemoteExecutor):
         self.client = client
         super().__init__(sum(client.nthreads().values()))
         self._scattered: dict[str, Future] = {}  # parcel token -> the evaluator on the workers
+        self._sources: dict[str, str | bytes] = {}  # parcel token -> its source, to scatter again
 
     def run(self, evaluator, coords, values, *, rows_per_chunk, progress=None, smallest=None):
         found = parcel(evaluator, to_file=False)
         if found.token not in self._scattered:
             self._scattered[found.token] = self.client.scatter(found.source, broadcast=True, hash=False)
+            self._sources[found.token] = found.source
             weakref.finalize(evaluator, self._scattered.pop, found.token, None)  # released with it
+            weakref.finalize(evaluator, self._sources.pop, found.token, None)
         return super().run(evaluator, coords, values, rows_per_chunk=rows_per_chunk, progress=progress,
                            smallest=smallest)
 
     def dispatch(self, tasks, starts, gathered) -> None:
-        model = self._scattered[tasks[0].token]
+        token = tasks[0].token
         waiting = deque(zip(starts, tasks, strict=True))
         pace = _Pace()
-        running: dict[Future, tuple[int, int]] = {}  # future -> (start, rows)
+        running: dict[Future, tuple[int, ChunkTask]] = {}  # future -> (start, task)
         finished = as_completed()
+        lost = 0  # tasks the cluster cancelled, run again
+
+        def submit(start: int, task: ChunkTask) -> None:
+            future = self.client.submit(_run_timed, self._scattered[token], task, pure=False)
+            running[future] = (start, task)
+            finished.add(future)
 
         def submit_more() -> None:
             while waiting and len(running) < TASKS_PER_WORKER * self.workers:
-                start, task = _joined(waiting, pace.rows_per_task())
-                future = self.client.submit(_run_timed, model, task, pure=False)
-                running[future] = (start, task.coords.shape[0])
-                finished.add(future)
+                submit(*_joined(waiting, pace.rows_per_task()))
 
         try:
             submit_more()
             for future in finished:
-                start, rows = running.pop(future)
+                start, task = running.pop(future)
                 try:
                     done, seconds = future.result()
                 except KilledWorker as error:
                     gathered.fail(ChunkFailure(-1, 0, self.died(error, gathered)))
                     return
-                pace.add(seconds, rows)
+                except CancelledError as error:
+                    # Not cancelled by us (that happens only on the way out, below): the
+                    # scheduler dropped it when a worker died at the wrong moment ("already
+                    # forgotten"), with its inputs or the evaluator's copy.  Run it again, with
+                    # the evaluator scattered again, a bounded number of times.
+                    lost += 1
+                    if lost > LOST_TASKS_RUN_AGAIN:
+                        gathered.fail(ChunkFailure(-1, 0, self.died(error, gathered)))
+                        return
+                    self._scattered[token] = self.client.scatter(self._sources[token],
+                                                                 broadcast=True, hash=False)
+                    submit(start, task)
+                    continue
+                pace.add(seconds, task.coords.shape[0])
                 if not gathered.take(start, done):
                     return
                 submit_more()
