@@ -388,12 +388,15 @@ class FuturesExecutor(RemoteExecutor):
         super().__init__(_workers_of(executor))
         self.name = type(executor).__name__
         self.same_machine = isinstance(executor, (futures.ProcessPoolExecutor, futures.ThreadPoolExecutor))
+        #: the pool's processes as last seen while dispatching: a broken pool's manager thread
+        #: may clear its own list before the death is reported (seen once in CI)
+        self.seen: list = []
 
     def pool(self) -> futures.Executor:
         return self.executor
 
     def processes(self) -> list:
-        return _processes_of(self.pool())
+        return _processes_of(self.pool()) or self.seen
 
     def dispatch(self, tasks, starts, gathered) -> None:
         pool = self.pool()
@@ -403,6 +406,7 @@ class FuturesExecutor(RemoteExecutor):
         def submit(count: int) -> None:
             for task, start in itertools.islice(waiting, count):
                 pending[pool.submit(run_chunk, task)] = start
+            self.seen = _processes_of(pool) or self.seen
 
         with _usable(self.name, started=lambda: bool(pending)):
             submit(IN_FLIGHT_PER_WORKER * self.workers)
@@ -434,12 +438,13 @@ class ProcessPool(FuturesExecutor):
 
     def __init__(self, workers: int):
         Executor.__init__(self, workers)
+        self.seen = []  # as FuturesExecutor's
 
     def pool(self) -> futures.Executor:
         return shared_pool(self.workers)
 
-    def processes(self) -> list:
-        return _processes_of(_pools.get(self.workers))  # the pool that ran, broken or not
+    def processes(self) -> list:  # the pool that ran, broken or not
+        return _processes_of(_pools.get(self.workers)) or self.seen
 
     def died(self, error, gathered) -> WorkerDied:
         found = super().died(error, gathered)
